@@ -1,0 +1,49 @@
+"""Typed errors of the ghn package.
+
+Each error subclasses :class:`GHNError` *and* the builtin it resembles, so callers can catch either
+``GHNError`` (anything from this package) or the usual builtin (``ValueError``, ``OSError``, ...).
+Messages always name the problem and the fix.
+"""
+from __future__ import annotations
+
+__all__ = [
+    "GHNError",
+    "UnsupportedModuleError",
+    "ExampleInputError",
+    "CheckpointError",
+    "ConfigError",
+    "GraphError",
+    "DeviceError",
+]
+
+
+class GHNError(Exception):
+    """Base class of every error raised on purpose by ghn."""
+
+
+class UnsupportedModuleError(GHNError, ValueError):
+    """A module or parameter the graph builder cannot bind to an op.
+
+    Example message: ``model.blocks.0.foo (mylib.Foo) owns parameter 'scale' of shape (3, 3, 3, 3, 3, 3)
+    that no op accepts; register the module with ghn.register_op(mylib.Foo, "conv") or ...``
+    """
+
+
+class ExampleInputError(GHNError, ValueError):
+    """The model could not be run on the example inputs (missing, wrong shape or dtype)."""
+
+
+class CheckpointError(GHNError, OSError):
+    """A GHN checkpoint is missing files, corrupt, non-finite or does not match its config."""
+
+
+class ConfigError(GHNError, ValueError):
+    """An unknown or invalid configuration key or value (GHNConfig, CLI flags, YAML files)."""
+
+
+class GraphError(GHNError, ValueError):
+    """A graph is malformed (e.g. loaded from a cache file written by another version)."""
+
+
+class DeviceError(GHNError, RuntimeError):
+    """A tensor is on a device (or in a dtype) the operation cannot use."""

@@ -1,0 +1,92 @@
+"""Example inputs: what the graph builder feeds a model to trace it.
+
+Users may pass a tensor, a tuple of positional inputs, a dict of keyword inputs, or a callable returning one of
+those. When they pass nothing, we use what the model declares about itself: timm's ``pretrained_cfg`` /
+``default_cfg`` (``input_size``) or a transformers ``config`` (token ids). Otherwise we raise
+:class:`~ghn.errors.ExampleInputError` instead of guessing an image shape.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from .errors import ExampleInputError
+
+__all__ = ["ExampleInputs", "resolve_example_inputs", "default_example_inputs"]
+
+ExampleInputs = torch.Tensor | tuple | list | dict | Callable[[], Any] | None
+
+#: batch size and sequence length of default inputs; tracing cost does not depend on them (fake tensors).
+BATCH, SEQ_LEN = 2, 8
+
+
+def resolve_example_inputs(model: nn.Module, example_inputs: ExampleInputs) -> tuple[tuple, dict]:
+    """Normalise ``example_inputs`` into ``(args, kwargs)`` for ``model(*args, **kwargs)``.
+
+    Raises:
+        ExampleInputError: when nothing is given and the model declares no input, or the type is not supported.
+    """
+    if callable(example_inputs) and not isinstance(example_inputs, torch.Tensor | nn.Module):
+        example_inputs = example_inputs()
+    if example_inputs is None:
+        example_inputs = default_example_inputs(model)
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, tuple | list):
+        return tuple(example_inputs), {}
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    raise ExampleInputError(
+        f"example_inputs of type {type(example_inputs).__name__} is not supported; pass a tensor, a tuple of "
+        "positional inputs, a dict of keyword inputs, or a callable returning one of those")
+
+
+def default_example_inputs(model: nn.Module) -> torch.Tensor | dict:
+    """Inputs from the model's own metadata (timm ``input_size``, transformers ``config``).
+
+    Raises:
+        ExampleInputError: if the model declares nothing usable.
+    """
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("input_size"):
+        c, h, w = cfg["input_size"]
+        # timm models built with img_size=... keep the pretrained input_size; the patch embedding knows better.
+        img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+        if isinstance(img_size, int):
+            img_size = (img_size, img_size)
+        if isinstance(img_size, tuple | list) and len(img_size) == 2:
+            h, w = img_size
+        c = getattr(getattr(getattr(model, "patch_embed", None), "proj", None), "in_channels", c)
+        return torch.randn(BATCH, c, h, w)
+    hf_config = getattr(model, "config", None)
+    if hf_config is not None and hasattr(hf_config, "to_dict"):
+        return _transformers_inputs(model, hf_config)
+    raise ExampleInputError(
+        f"{type(model).__name__} does not declare its input, so the graph cannot be traced; pass "
+        "example_inputs=..., e.g. torch.randn(2, 3, 224, 224) for an image model or "
+        "{'input_ids': torch.zeros(2, 8, dtype=torch.long)} for a language model")
+
+
+def _transformers_inputs(model: nn.Module, config: Any) -> dict:
+    main = getattr(model, "main_input_name", "input_ids")
+    inputs: dict[str, Any] = {}
+    if main == "input_ids":
+        vocab = int(getattr(config, "vocab_size", 2) or 2)
+        ids = torch.arange(BATCH * SEQ_LEN).reshape(BATCH, SEQ_LEN) % vocab
+        inputs["input_ids"] = ids
+        inputs["attention_mask"] = torch.ones_like(ids)
+        if getattr(config, "is_encoder_decoder", False):
+            inputs["decoder_input_ids"] = ids
+    elif main == "pixel_values":
+        size = getattr(config, "image_size", 224)
+        size = size if isinstance(size, int) else size[0]
+        inputs["pixel_values"] = torch.randn(BATCH, getattr(config, "num_channels", 3), size, size)
+    else:
+        raise ExampleInputError(
+            f"{type(model).__name__} takes '{main}' as its main input, for which ghn has no default; "
+            "pass example_inputs=... (a dict of keyword tensors)")
+    if getattr(config, "use_cache", False):
+        inputs["use_cache"] = False  # a KV cache adds outputs and work, and is not part of the computation graph
+    return inputs

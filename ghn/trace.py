@@ -1,0 +1,163 @@
+"""Run a model once and keep the autograd graph of its forward pass.
+
+This is the one place that decides *how* we trace (DESIGN.md: keep the choice behind one function). We run
+``torch.func.functional_call`` with stand-in parameters that require grad, then read the ``grad_fn`` graph.
+
+* First choice: **fake tensors** (``FakeTensorMode``): shapes and dtypes propagate, no memory is allocated and
+  no arithmetic runs, so tracing GPT-2-large built on the ``meta`` device is as cheap as tracing a toy model.
+  transformers treats fake tensors as "tracing" and skips its data-dependent shortcuts.
+* Fallback: **real CPU tensors** sharing the model's storage (models with data-dependent Python control flow).
+  Buffers are cloned so that BatchNorm statistics are not touched.
+
+Tracing always runs in eval mode (no dropout nodes, no running-stat updates) and restores the model's modes.
+It never depends on random state or on which SDPA kernel is available: the graph is read from autograd
+functions, not from kernels' outputs.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from .errors import ExampleInputError
+
+__all__ = ["Trace", "trace_model"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Trace:
+    """The autograd graph of one forward pass.
+
+    Attributes:
+        outputs: output tensors that carry a ``grad_fn`` (or are leaves requiring grad).
+        leaves: ``id(leaf tensor)`` → canonical parameter name, or ``None`` for a model input.
+        fake: whether fake tensors were used.
+    """
+
+    outputs: list[torch.Tensor]
+    leaves: dict[int, str | None]
+    fake: bool
+    keep_alive: list = dataclasses.field(default_factory=list, repr=False)  # keeps ids in `leaves` valid
+
+
+def trace_model(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, torch.Tensor]) -> Trace:
+    """Trace ``model(*args, **kwargs)``; ``params`` maps canonical names to the model's (untied) parameters.
+
+    Raises:
+        ExampleInputError: if the model cannot run on the inputs, with or without fake tensors.
+    """
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        try:
+            return _run(model, args, kwargs, params, fake=True)
+        except ExampleInputError:
+            raise
+        except Exception as fake_error:  # noqa: BLE001 - any failure under fake tensors means: try real ones
+            if any(t.is_meta for t in params.values()) or _has_meta(args, kwargs):
+                raise _input_error(model, args, kwargs, fake_error) from fake_error
+            logger.debug("fake-tensor trace failed (%s); tracing with real tensors", fake_error)
+            try:
+                return _run(model, args, kwargs, params, fake=False)
+            except Exception as real_error:  # noqa: BLE001
+                raise _input_error(model, args, kwargs, real_error) from real_error
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def _run(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, torch.Tensor], fake: bool) -> Trace:
+    leaves: dict[int, str | None] = {}
+    keep: list = []
+    if fake:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        mode: Any = FakeTensorMode(allow_non_fake_inputs=True)
+    else:
+        mode = contextlib.nullcontext()
+    with torch.enable_grad(), mode:
+        def stand_in(t: torch.Tensor, grad: bool) -> torch.Tensor:
+            if fake:
+                s = torch.empty(t.shape, dtype=t.dtype, device="cpu")
+            else:
+                s = t.detach() if grad else t.detach().clone()
+            return s.requires_grad_(grad and s.is_floating_point())
+
+        tensors: dict[str, torch.Tensor] = {}
+        for name, p in params.items():
+            tensors[name] = stand_in(p, grad=True)
+            leaves[id(tensors[name])] = name
+        for name, b in model.named_buffers():
+            tensors[name] = stand_in(b, grad=False)
+
+        def convert(x: Any) -> Any:
+            if isinstance(x, torch.Tensor):
+                s = stand_in(x, grad=True)
+                if fake and not x.is_floating_point():
+                    # Token ids index embedding tables: keep them valid even though fake values are never read.
+                    s = torch.zeros(x.shape, dtype=x.dtype, device="cpu")
+                if s.requires_grad:
+                    leaves[id(s)] = None
+                keep.append(s)
+                return s
+            if isinstance(x, tuple | list):
+                return type(x)(convert(v) for v in x)
+            if isinstance(x, dict):
+                return {k: convert(v) for k, v in x.items()}
+            return x
+
+        out = functional_call(model, tensors, convert(args), convert(kwargs), strict=False)
+    keep.extend(tensors.values())
+    outputs = [t for t in _flatten(out) if t.grad_fn is not None or t.requires_grad]
+    if not outputs:
+        raise ExampleInputError(
+            f"{type(model).__name__} returned no tensor that depends on its parameters or inputs; "
+            "make sure forward() returns its outputs (a tensor, tuple, dict or ModelOutput)")
+    return Trace(outputs=outputs, leaves=leaves, fake=fake, keep_alive=keep)
+
+
+def _flatten(x: Any) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x] if x.is_floating_point() or x.is_complex() else []
+    if isinstance(x, dict):  # includes transformers' ModelOutput
+        return [t for v in x.values() for t in _flatten(v)]
+    if isinstance(x, tuple | list):
+        return [t for v in x for t in _flatten(v)]
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return [t for f in dataclasses.fields(x) for t in _flatten(getattr(x, f.name))]
+    return []
+
+
+def _has_meta(args: tuple, kwargs: dict) -> bool:
+    return any(isinstance(t, torch.Tensor) and t.is_meta for t in (*args, *kwargs.values()))
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"Tensor{tuple(x.shape)}:{str(x.dtype).replace('torch.', '')}"
+    if isinstance(x, tuple | list):
+        return "(" + ", ".join(_describe(v) for v in x) + ")"
+    if isinstance(x, dict):
+        return "{" + ", ".join(f"{k}: {_describe(v)}" for k, v in x.items()) + "}"
+    return type(x).__name__
+
+
+def _input_error(model: nn.Module, args: tuple, kwargs: dict, err: Exception) -> ExampleInputError:
+    expected = ""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("input_size"):
+        expected = f" The model declares input_size={tuple(cfg['input_size'])} (batch dimension first)."
+    first = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)), None)
+    if not expected and first is not None:
+        c = getattr(first, "in_channels", None) or getattr(first, "in_features", None)
+        expected = f" Its first layer ({type(first).__name__}) expects {c} input channels/features."
+    return ExampleInputError(
+        f"could not run {type(model).__name__} on example inputs args={_describe(args)} "
+        f"kwargs={_describe(kwargs)}: {type(err).__name__}: {str(err).splitlines()[0].rstrip('.') if str(err) else ''}."
+        f"{expected} Pass example_inputs=... that the model's forward() accepts.")
