@@ -1,0 +1,79 @@
+"""``GHNConfig``: every size and switch of the hypernetwork, with named presets."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["GHNConfig", "PRESETS"]
+
+
+@dataclass
+class GHNConfig:
+    """Sizes of a GHN. None of them depends on the widths of the models it predicts.
+
+    The decoder writes every weight as ``W = Φ_out · U · V · Φ_inᵀ`` where ``Φ`` are fixed index codes of size
+    ``basis`` for the rows/columns (any width, never repeating) and ``U`` (basis × rank), ``V`` (rank × basis) are
+    produced per node; so ``A = Φ_out·U`` and ``B = V·Φ_inᵀ`` are the low-rank factors of LoGAH.
+    """
+
+    hidden_dim: int = 64  # width of node embeddings and of the Graphormer
+    num_layers: int = 3  # Graphormer layers (message passing rounds over the whole graph)
+    num_heads: int = 4  # attention heads; each gets its own shortest-path bias
+    max_hops: int = 8  # shortest-path distances beyond this are "far" (one shared bias)
+    max_degree: int = 16  # in/out degrees are clipped here for the centrality embedding
+    ffn_ratio: int = 2  # Graphormer feed-forward width = ffn_ratio * hidden_dim
+    dropout: float = 0.0  # attention/FFN dropout during meta-training
+    basis: int = 64  # size of the row/column index code Φ; the "effective width" the GHN reasons in
+    rank: int = 32  # rank r of the factors A (rows × r) and B (r × cols)
+    decoder_hidden: int = 128  # width of the decoder's shared MLP trunk
+    code_seed: int = 0  # seed of the fixed random frequencies of Φ (stored in the checkpoint as buffers)
+    # Metadata about what the GHN was trained for (written to config.json; used by predict() defaults).
+    num_classes: int | None = None  # classifier width seen in training (None: unknown / untrained)
+    input_shape: list[int] | None = None  # e.g. [1, 28, 28] for the Fashion-MNIST predictor
+    trained: bool = False  # False for a randomly initialised GHN: predict() says so in its logs
+    notes: dict[str, Any] = field(default_factory=dict)  # free-form provenance (data, steps, command)
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_dim", "num_layers", "num_heads", "max_hops", "basis", "rank", "decoder_hidden",
+                     "ffn_ratio", "max_degree"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"GHNConfig.{name} must be a positive integer, got {value!r}")
+        if self.hidden_dim % self.num_heads:
+            raise ConfigError(f"GHNConfig.hidden_dim ({self.hidden_dim}) must be divisible by num_heads "
+                              f"({self.num_heads})")
+        if self.rank > self.basis:
+            raise ConfigError(f"GHNConfig.rank ({self.rank}) cannot exceed basis ({self.basis}): the factors "
+                              "would have more rank than the index codes can carry")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> GHNConfig:
+        """A named preset (``"tiny"``, ``"small"``, ``"base"``) with optional field overrides."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown GHN preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GHNConfig:
+        """Build from a dict, rejecting unknown keys (typos must not pass silently)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown GHNConfig field(s) {unknown}; known fields: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # for tests: a few thousand parameters' worth of compute per graph
+    "tiny": dict(hidden_dim=32, num_layers=2, num_heads=2, basis=32, rank=16, decoder_hidden=64),
+    # the default: ~0.4M parameters, trains on a 2-core CPU
+    "small": dict(hidden_dim=64, num_layers=3, num_heads=4, basis=64, rank=32, decoder_hidden=128),
+    # more capacity for GPU training
+    "base": dict(hidden_dim=128, num_layers=6, num_heads=8, basis=128, rank=64, decoder_hidden=256),
+}

@@ -1,0 +1,213 @@
+"""The low-rank decoder: node embeddings → parameter tensors of any shape, untiled.
+
+Design (why not LoGAH's tiling): LoGAH emits factors ``A`` (c_out·k × r) and ``B`` (r × c_in·k) from heads whose
+output size is a fixed maximum width, and tiles beyond it, so wide layers repeat rows. Here every row ``i`` of
+``A`` is ``Φ(i)ᵀ·U``: a fixed index code ``Φ(i) ∈ R^p`` (random Fourier features of the integer ``i``, never
+periodic, near-orthogonal for different ``i``) times a small ``p × r`` matrix ``U`` that the decoder produces
+from the node embedding. Columns of ``B`` are ``V·Φ(j)`` likewise. So
+
+    W[o, c, a, b] = Φ(o)ᵀ · U_a · V_b · Φ(c) / (p·√r)        (U_a per kernel row a, V_b per kernel column b)
+
+* any width is reachable and no row repeats (``Φ(i) ≠ Φ(j)``), while the decoder's size is independent of width;
+* channel ``o`` carries the same code in the rows of one layer and the columns of the next, so consecutive
+  predicted layers are consistent (the GHN reasons in a ``p``-dimensional space embedded in the model's width);
+* the cost is ``2·r`` multiply-adds per predicted element (the product ``A·B``) plus O((rows + cols)·p·r).
+
+Then outputs are fan-in scaled: weights by ``gain/√fan_in``, embeddings by ``gain/√dim``; vectors (biases, norm
+scales, cls tokens, layer-scale) come from a vector head: ``offset + gain·(b₀ + Φ(i)ᵀu/√p)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+
+from .binding import ROLE_ID, ROLES, ParamInfo
+from .graph import canonical_shape
+
+__all__ = ["IndexCode", "LowRankDecoder", "ParamQuery"]
+
+# role → (offset, initial gain). Offsets put untrained outputs where default initialisations are
+# (norm scales at 1, biases at 0); gains are learned on top (log-parametrised).
+ROLE_INIT: dict[str, tuple[float, float]] = {
+    "weight": (0.0, math.sqrt(2.0)), "weight_t": (0.0, math.sqrt(2.0)), "embedding": (0.0, 1.0),  # β = 2 (He)
+    "bias": (0.0, 0.02), "norm_weight": (1.0, 0.02), "norm_bias": (0.0, 0.02),
+    "pos_embed": (0.0, 0.02), "cls_token": (0.0, 0.02), "layer_scale": (0.1, 0.02),
+    "rel_pos": (0.0, 0.02), "free": (0.0, 0.02),
+}
+_FAN_IN_ROLES = frozenset({"weight", "weight_t"})
+_SLOT_ROW, _SLOT_COL, _SLOT_VEC = 0, 1, 2
+
+
+class IndexCode(nn.Module):
+    """Φ(i) = √2·cos(ω·i + φ) ∈ R^p for integer indices i (random Fourier features).
+
+    For integer i ≠ j and ω ~ U(0, 2π), E[Φ(i)·Φ(j)]/p = E[cos(ω(i−j))] = 0, and E[Φ(i)_k²] = 1.
+    ``ω`` and ``φ`` are buffers (saved with the checkpoint), fixed by ``seed``.
+
+    Shapes:
+        input: n (an int); output: (n, p).
+    """
+
+    def __init__(self, p: int, seed: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("freq", torch.rand(p, generator=g, dtype=torch.float64) * 2 * math.pi)
+        self.register_buffer("phase", torch.rand(p, generator=g, dtype=torch.float64) * 2 * math.pi)
+
+    def forward(self, n: int) -> torch.Tensor:
+        # float64 keeps ω·i exact enough for vocabularies of 10⁵+ rows; the result is cast to float32.
+        i = torch.arange(n, device=self.freq.device, dtype=torch.float64)
+        return (math.sqrt(2.0) * torch.cos(i[:, None] * self.freq + self.phase)).float()
+
+
+def _position_code(pos: torch.Tensor, size: torch.Tensor, d: int) -> torch.Tensor:
+    """Sinusoidal code of kernel position ``pos`` within a kernel of ``size``: (Q,) → (Q, d), no parameters."""
+    half = d // 4
+    freq = torch.exp(-math.log(100.0) * torch.arange(half, device=pos.device, dtype=torch.float32) / max(half, 1))
+    rel = (pos.float() + 0.5) / size.float()
+    parts = [torch.sin(rel[:, None] * freq * math.pi), torch.cos(rel[:, None] * freq * math.pi),
+             torch.sin(size.float()[:, None] * freq), torch.cos(size.float()[:, None] * freq)]
+    code = torch.cat(parts, dim=1)
+    return nn.functional.pad(code, (0, d - code.shape[1]))
+
+
+@dataclass(frozen=True)
+class ParamQuery:
+    """One tensor to decode: which node's embedding, and the tensor's role and shape."""
+
+    node: int  # row of the embedding matrix
+    info: ParamInfo
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return canonical_shape(self.info.role, self.info.shape)
+
+    @property
+    def is_matrix(self) -> bool:
+        return len(self.shape) >= 2
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        """(ka, kb): kernel rows folded into A's rows, the remaining kernel dims into B's columns."""
+        k = self.shape[2:]
+        return (k[0] if k else 1), math.prod(k[1:]) if len(k) > 1 else 1
+
+
+class LowRankDecoder(nn.Module):
+    """Node embeddings → tensors. See the module docstring for the maths.
+
+    Args:
+        d: node embedding size; hidden: trunk width; p: index-code size; r: rank of the factors.
+    """
+
+    def __init__(self, d: int, hidden: int, p: int, r: int, code_seed: int):
+        super().__init__()
+        self.p, self.r = p, r
+        self.code = IndexCode(p, code_seed)
+        self.role = nn.Embedding(len(ROLES), d)
+        self.slot = nn.Embedding(3, d)  # what a query asks for: a row factor U_a, a column factor V_b, a vector
+        self.trunk = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, hidden),
+                                   nn.GELU())
+        self.to_u = nn.Linear(hidden, p * r)
+        self.to_v = nn.Linear(hidden, r * p)
+        self.to_vec = nn.Linear(hidden, p + 2)  # u (p), b0, per-tensor log-scale
+        self.log_gain = nn.Parameter(torch.zeros(len(ROLES)))
+        self.register_buffer("offset", torch.tensor([ROLE_INIT[r][0] for r in ROLES]))
+        self.register_buffer("gain0", torch.tensor([ROLE_INIT[r][1] for r in ROLES]))
+        nn.init.zeros_(self.to_vec.weight)
+        nn.init.zeros_(self.to_vec.bias)
+
+    def decode(self, h: torch.Tensor, queries: list[ParamQuery]) -> Iterator[tuple[ParamInfo, torch.Tensor]]:
+        """Yield ``(info, tensor)`` for each query, tensor in the parameter's own shape (fp32).
+
+        All factor heads run in one batched pass; the products ``A·B`` are formed one tensor at a time, so a
+        caller that consumes and drops each tensor holds at most one full-size tensor (bounded memory).
+
+        Shapes:
+            h: (M, d) node embeddings; each query's ``node`` indexes its rows.
+        """
+        rows, roles, slots, pos, size = [], [], [], [], []
+        for q in queries:
+            role = ROLE_ID[q.info.role]
+            parts = [(_SLOT_VEC, 0, 1)]
+            if q.is_matrix:
+                ka, kb = q.kernel
+                parts += [(_SLOT_ROW, a, ka) for a in range(ka)] + [(_SLOT_COL, b, kb) for b in range(kb)]
+            for slot, k, n in parts:
+                rows.append(q.node)
+                roles.append(role)
+                slots.append(slot)
+                pos.append(k)
+                size.append(n)
+        if not queries:
+            return
+        dev = h.device
+        rows_t, roles_t, slots_t = (torch.tensor(v, device=dev) for v in (rows, roles, slots))
+        z = h[rows_t] + self.role(roles_t) + self.slot(slots_t)
+        z = z + _position_code(torch.tensor(pos, device=dev), torch.tensor(size, device=dev), z.shape[1])
+        t = self.trunk(z)  # (Q, hidden)
+        # Each head runs once over all rows that ask for it; then rows are split back per tensor.
+        vec_all = self.to_vec(t[slots_t == _SLOT_VEC])  # (n_queries, p + 2), in query order
+        u_all = self.to_u(t[slots_t == _SLOT_ROW]).view(-1, self.p, self.r)  # (Σ ka, p, r)
+        v_all = self.to_v(t[slots_t == _SLOT_COL]).view(-1, self.r, self.p)  # (Σ kb, r, p)
+        gain = self.gain0 * self.log_gain.exp()
+        # One code table for the widest dimension; Φ(i) does not depend on the width it is sliced for.
+        widest = max(max(q.shape[:2]) if q.shape else 1 for q in queries)
+        codes = self.code(widest)
+        iu = iv = 0
+        for qi, q in enumerate(queries):
+            role = ROLE_ID[q.info.role]
+            vec = vec_all[qi]
+            if q.is_matrix:
+                ka, kb = q.kernel
+                u, v = u_all[iu:iu + ka], v_all[iv:iv + kb]
+                iu, iv = iu + ka, iv + kb
+                w = self._matrix(q, u, v, codes, gain[role] * vec[-1].exp())
+            else:
+                w = self._vector(q, vec, codes, gain[role], self.offset[role])
+            yield q.info, self._to_param_layout(q, w)
+
+    def _matrix(self, q: ParamQuery, u: torch.Tensor, v: torch.Tensor, codes: torch.Tensor,
+                scale: torch.Tensor) -> torch.Tensor:
+        """(R, C, *K) tensor from factors: one GEMM ``A·B``; every scale is folded into the small factor A.
+
+        Shapes: u (ka, p, r), v (kb, r, p), codes (≥ max(R, C), p).
+        """
+        shape = q.shape
+        (ka, kb), rows, cols = q.kernel, shape[0], shape[1]
+        p, r = self.p, self.r
+        u = u * torch.rsqrt(u.pow(2).mean() + 1e-8)  # unit RMS: role gain and per-tensor scale set the size
+        v = v * torch.rsqrt(v.pow(2).mean() + 1e-8)
+        # entries of Φ_o·U·V·Φ_cᵀ have variance ≈ p²·r; normalise to 1, then apply the role's scaling
+        scale = scale / (p * math.sqrt(r))
+        role = q.info.role
+        if role in _FAN_IN_ROLES:
+            # Fan-in scaling, with the fan-in counted where the signal lives: inputs produced by a predicted layer
+            # lie in the p-dim span of the codes, where Φ_cᵀΦ_c has eigenvalues ≈ C (not √C) once C > p, so a
+            # plain 1/√C would grow activations by √(C/p) per layer. 1/√C · √(p/C) keeps them width-independent.
+            scale = scale / math.sqrt(cols * ka * kb) * min(1.0, math.sqrt(p / cols))
+        elif role == "embedding":
+            scale = scale / math.sqrt(cols)
+        a = (codes[:rows] @ (u * scale).permute(1, 0, 2).reshape(p, ka * r)).view(rows * ka, r)  # A: (R·ka, r)
+        b = (v.reshape(kb * r, p) @ codes[:cols].t()).view(kb, r, cols).permute(1, 2, 0)  # (r, C, kb)
+        w = a @ b.reshape(r, cols * kb)  # (R·ka, C·kb)
+        if ka > 1 or kb > 1:
+            w = w.view(rows, ka, cols, kb).permute(0, 2, 1, 3)  # a strided view: copy_ into the param reads it
+        return w
+
+    def _vector(self, q: ParamQuery, vec: torch.Tensor, codes: torch.Tensor, gain: torch.Tensor,
+                offset: torch.Tensor) -> torch.Tensor:
+        n = q.shape[0] if q.shape else 1
+        u, b0, log_scale = vec[:self.p], vec[self.p], vec[self.p + 1]
+        values = b0 + codes[:n] @ u / math.sqrt(self.p)
+        return offset + gain * log_scale.exp() * values
+
+    @staticmethod
+    def _to_param_layout(q: ParamQuery, w: torch.Tensor) -> torch.Tensor:
+        if q.info.role == "weight_t":
+            w = w.transpose(0, 1)
+        return w.reshape(q.info.shape)

@@ -1,0 +1,321 @@
+"""``GHN``: the graph hypernetwork (graph encoder + low-rank decoder), prediction and Hub I/O."""
+import json
+import logging
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+import torch
+import torch.nn as nn
+from huggingface_hub import PyTorchModelHubMixin
+
+from .binding import CoverageReport
+from .config import GHNConfig
+from .decoder import LowRankDecoder, ParamQuery
+from .errors import CheckpointError, ConfigError, DeviceError, GHNError
+from .graph import Graph, build_graph
+from .inputs import ExampleInputs
+from .nn import GraphEncoder, collate
+from .prediction import (Prediction, check_prediction, materialize, recalibrate_bn, reinit_classifier,
+                         write_params)
+
+__all__ = ["GHN", "CoverageWarning"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class CoverageWarning(UserWarning):
+    """Some parameters of the model were not predicted (see ``Prediction.coverage``)."""
+
+
+class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hypernetwork", "parameter-prediction"],
+          repo_url="https://github.com/ghn-org/ghn", license="mit"):
+    """A LoGAH-style graph hypernetwork that predicts the parameters of any PyTorch model.
+
+    Args:
+        config: a :class:`GHNConfig` (or a dict of its fields); ``None`` uses the ``"small"`` preset.
+        device: where the GHN lives and predicts (``"cpu"``, ``"cuda"``, ...).
+
+    Example:
+        >>> ghn = GHN.from_pretrained("checkpoints/ghn-fmnist")
+        >>> model = ghn.predict(timm.create_model("resnet18", num_classes=10, in_chans=1))
+        >>> pred = ghn.predict_params(model); pred.coverage.fraction
+        1.0
+    """
+
+    def __init__(self, config: GHNConfig | None = None, device: str | torch.device | None = None):
+        super().__init__()
+        if config is None:
+            config = GHNConfig.preset("small")
+        elif isinstance(config, dict):
+            config = GHNConfig.from_dict(config)
+        elif not isinstance(config, GHNConfig):
+            raise ConfigError(f"config must be a GHNConfig or a dict, got {type(config).__name__}")
+        self.config = config
+        c = config
+        self.encoder = GraphEncoder(c.hidden_dim, c.num_layers, c.num_heads, c.max_hops, c.max_degree, c.ffn_ratio,
+                                    c.dropout)
+        self.decoder = LowRankDecoder(c.hidden_dim, c.decoder_hidden, c.basis, c.rank, c.code_seed)
+        if device is not None:
+            self.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.log_gain.device
+
+    # ---- the differentiable path (training) ----------------------------------------------------------------------
+    def embed(self, graphs: list[Graph]) -> list[torch.Tensor]:
+        """Node embeddings, one ``(N_g, d)`` tensor per graph."""
+        batch = collate(graphs, self.config.max_hops, self.config.max_degree, self.device)
+        h = self.encoder(batch)
+        return [h[i, :len(g)] for i, g in enumerate(graphs)]
+
+    def forward(self, graphs: Graph | list[Graph]) -> list[dict[str, torch.Tensor]]:
+        """Predict the parameters of each graph's model, differentiably.
+
+        Args:
+            graphs: one :class:`Graph` or a list (they are batched through the Graphormer together).
+
+        Returns:
+            one dict per graph: canonical parameter name → fp32 tensor of the parameter's shape, on the GHN's
+            device. Use with ``torch.func.functional_call(model, {**params, **buffers}, inputs)``.
+        """
+        if isinstance(graphs, Graph):
+            graphs = [graphs]
+        out = []
+        for g, h in zip(graphs, self.embed(graphs)):
+            queries = [ParamQuery(i, info) for i, info in g.params]
+            out.append({info.name: w for info, w in self.decoder.decode(h, queries)})
+        return out
+
+    # ---- prediction for users ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict_params(self, model: nn.Module, example_inputs: ExampleInputs = None, *,
+                       graph: Graph | None = None) -> Prediction:
+        """Predict the parameters of ``model`` without changing it.
+
+        Args:
+            model: any ``nn.Module`` (also on the ``meta`` device).
+            example_inputs: see :func:`ghn.build_graph`; ignored when ``graph`` is given.
+            graph: a graph built earlier from this model.
+
+        Returns:
+            a :class:`~ghn.prediction.Prediction` (``Mapping[str, Tensor]``) with ``.coverage``. Warns with
+            :class:`CoverageWarning` if coverage is below 100 %.
+        """
+        graph = self._graph(model, example_inputs, graph)
+        was_training = self.training
+        self.eval()
+        try:
+            params = dict((info.name, w) for info, w in self._decode(graph))
+        finally:
+            self.train(was_training)
+        coverage = graph.coverage
+        _warn_coverage(coverage, model)
+        return Prediction(params, coverage, graph)
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, example_inputs: ExampleInputs = None, *,
+                classifier: Literal["predict", "reinit"] = "predict",
+                bn: Literal["train", "recalibrate"] = "train", bn_data: Iterable | None = None,
+                graph: Graph | None = None, device: str | torch.device | None = None) -> nn.Module:
+        """Write predicted parameters into ``model`` in place and return it.
+
+        Args:
+            model: the model; if it is on the ``meta`` device it is materialised on ``device`` (default CPU) and
+                filled tensor by tensor, so peak memory stays near the model's own size.
+            example_inputs: see :func:`ghn.build_graph`.
+            classifier: ``"predict"`` keeps the predicted classifier/LM head; ``"reinit"`` resets it to the
+                model's own initialisation (for a number of classes the GHN was not trained on).
+            bn: BatchNorm running statistics are reset in both modes (they belonged to the old weights);
+                ``"recalibrate"`` then recomputes them from ``bn_data`` (a cumulative average over ≤ 20 batches).
+            bn_data: input batches for ``bn="recalibrate"``.
+            graph: a graph built earlier from this model.
+            device: where to materialise a ``meta`` model.
+
+        Returns:
+            ``model`` itself (parameters overwritten, no autograd history kept).
+
+        Raises:
+            GHNError (and subclasses): nothing is written if prediction fails.
+        """
+        if classifier not in ("predict", "reinit"):
+            raise ConfigError(f"classifier must be 'predict' or 'reinit', got {classifier!r}")
+        if bn not in ("train", "recalibrate"):
+            raise ConfigError(f"bn must be 'train' or 'recalibrate', got {bn!r}")
+        if bn == "recalibrate" and bn_data is None:
+            raise ConfigError("bn='recalibrate' needs bn_data=<iterable of input batches>")
+        if not self.config.trained:
+            logger.warning("this GHN is untrained (config.trained=False): predicted parameters are a structured "
+                           "random initialisation, not a learned one")
+        graph = self._graph(model, example_inputs, graph)
+        coverage = graph.coverage
+        on_meta = any(p.is_meta for p in model.parameters())
+        was_training = self.training
+        self.eval()
+        try:
+            if on_meta:
+                # Nothing to lose on a meta model: stream tensor by tensor to bound memory.
+                unknown = materialize(model, device or "cpu")
+                if unknown:
+                    logger.warning("buffers %s were on the meta device and are left at zero", unknown)
+                for info, w in self._decode(graph):
+                    check_prediction(model, {info.name: w})
+                    write_params(model, [(info.name, w)])
+                    del w
+            else:
+                params = dict((info.name, w) for info, w in self._decode(graph))
+                check_prediction(model, params)  # everything is checked before anything is written
+                write_params(model, params.items())
+        finally:
+            self.train(was_training)
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                m.reset_running_stats()
+        if classifier == "reinit":
+            path = reinit_classifier(model, graph)
+            logger.info("classifier %s re-initialised", path)
+        if bn == "recalibrate":
+            recalibrate_bn(model, bn_data)
+        _warn_coverage(coverage, model)
+        logger.info("predicted %s: %s", type(model).__name__, coverage.summary())
+        return model
+
+    def _graph(self, model: nn.Module, example_inputs: ExampleInputs, graph: Graph | None) -> Graph:
+        if graph is not None:
+            return graph
+        return build_graph(model, example_inputs, max_hops=self.config.max_hops)
+
+    def _decode(self, graph: Graph):
+        h = self.embed([graph])[0]
+        yield from self.decoder.decode(h, [ParamQuery(i, info) for i, info in graph.params])
+
+    # ---- Hub I/O ---------------------------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | Path, *, config: Any = None, repo_id: str | None = None,
+                        push_to_hub: bool = False, model_card_kwargs: dict | None = None, **push_kwargs) -> None:
+        """Write ``config.json``, ``model.safetensors`` and a model card ``README.md`` to ``save_directory``.
+
+        Files are written to temporary names and renamed, so an interrupted save never leaves a corrupt file.
+        """
+        from safetensors.torch import save_file
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt", "library": "ghn"}))
+        _atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(self.config.to_dict(), indent=2)))
+        if not (out / "README.md").exists():
+            card = self.generate_model_card(**(model_card_kwargs or {}))
+            _atomic_write(out / "README.md", lambda p: card.save(p))
+        if push_to_hub:
+            self.push_to_hub(repo_id or out.name, **push_kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, device: str | torch.device = "cpu",
+                        revision: str | None = None, cache_dir: str | Path | None = None,
+                        local_files_only: bool = False, token: str | bool | None = None, **kwargs) -> "GHN":
+        """Load a GHN from a local directory or a Hub repo id (strictly: every tensor must match the config).
+
+        Raises:
+            CheckpointError: missing files, corrupt safetensors, a config that does not match the weights, or
+                non-finite weights. Nothing half-loaded is ever returned.
+        """
+        if kwargs:
+            raise ConfigError(f"unknown argument(s) {sorted(kwargs)} for GHN.from_pretrained")
+        config_path, weights_path = _resolve_files(str(pretrained_model_name_or_path), revision, cache_dir,
+                                                   local_files_only, token)
+        try:
+            config = GHNConfig.from_dict(json.loads(Path(config_path).read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+            raise CheckpointError(f"{config_path} is not a valid GHN config ({e}); re-download or re-save it") from e
+        except ConfigError as e:
+            raise CheckpointError(f"{config_path}: {e}") from e
+        state = _load_safetensors(weights_path)
+        ghn = cls(config)
+        expected = ghn.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{weights_path} does not match {config_path}: missing {missing[:5]}{'...' if len(missing) > 5 else ''}"
+                f", unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}; the two files come from "
+                "different GHNs — save them together with save_pretrained")
+        for k, v in state.items():
+            if tuple(v.shape) != tuple(expected[k].shape):
+                raise CheckpointError(f"{weights_path}: tensor {k} has shape {tuple(v.shape)} but the config needs "
+                                      f"{tuple(expected[k].shape)}; the config and weights do not belong together")
+            if v.is_floating_point() and not torch.isfinite(v).all():
+                raise CheckpointError(f"{weights_path}: tensor {k} has NaN/Inf values; the checkpoint is corrupt")
+        ghn.load_state_dict(state, strict=True)
+        return ghn.to(device).eval()
+
+    # the mixin's generic loader is replaced by the strict one above
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, **kwargs) -> "GHN":  # type: ignore[override]
+        return cls.from_pretrained(model_id)
+
+    def _save_pretrained(self, save_directory: Path) -> None:  # used by the mixin's push_to_hub
+        self.save_pretrained(save_directory)
+
+
+def _warn_coverage(coverage: CoverageReport, model: nn.Module) -> None:
+    if coverage.fraction < 1.0 or coverage.missing:
+        warnings.warn(f"{type(model).__name__}: {coverage.summary()}; not predicted: "
+                      f"{', '.join(list(coverage.missing)[:5])}{' ...' if len(coverage.missing) > 5 else ''}",
+                      CoverageWarning, stacklevel=3)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via ``write(tmp_path)`` then rename over ``path`` (atomic on POSIX)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _resolve_files(name: str, revision, cache_dir, local_files_only, token) -> tuple[str, str]:
+    if os.path.isdir(name):
+        paths = [os.path.join(name, CONFIG_NAME), os.path.join(name, WEIGHTS_NAME)]
+        absent = [p for p in paths if not os.path.isfile(p)]
+        if absent:
+            raise CheckpointError(f"{name} is missing {', '.join(os.path.basename(p) for p in absent)}; a GHN "
+                                  f"checkpoint is a directory with {CONFIG_NAME} and {WEIGHTS_NAME} (written by "
+                                  "GHN.save_pretrained)")
+        return paths[0], paths[1]
+    if os.path.exists(name) or name.startswith((".", "/")) or name.count("/") > 1:
+        raise CheckpointError(f"{name} is not a directory with a GHN checkpoint (and not a Hub repo id like "
+                              "'org/name'); pass the directory written by GHN.save_pretrained")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HFValidationError
+    paths = []
+    for filename in (CONFIG_NAME, WEIGHTS_NAME):
+        try:
+            paths.append(hf_hub_download(name, filename, revision=revision, cache_dir=cache_dir,
+                                         local_files_only=local_files_only, token=token, library_name="ghn"))
+        except HFValidationError as e:
+            raise CheckpointError(f"{name!r} is neither a local directory nor a valid Hub repo id: {e}") from e
+        except OSError as e:  # not found, offline with an empty cache, network errors
+            raise CheckpointError(f"could not get {filename} of {name!r} from the Hub or its cache "
+                                  f"({type(e).__name__}: {e}); check the repo id, or download it while online "
+                                  "(HF_HUB_OFFLINE=1 only reads the cache)") from e
+    return paths[0], paths[1]
+
+
+def _load_safetensors(path: str) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it is truncated or corrupt — "
+                              "re-download or re-save the checkpoint") from e
