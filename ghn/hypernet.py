@@ -210,8 +210,8 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt", "library": "ghn"}))
         _atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(self.config.to_dict(), indent=2)))
         if not (out / "README.md").exists():
-            card = self.generate_model_card(**(model_card_kwargs or {}))
-            _atomic_write(out / "README.md", lambda p: card.save(p))
+            card = _model_card(self)
+            _atomic_write(out / "README.md", lambda p: Path(p).write_text(card))
         if push_to_hub:
             self.push_to_hub(repo_id or out.name, **push_kwargs)
 
@@ -261,6 +261,36 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
 
     def _save_pretrained(self, save_directory: Path) -> None:  # used by the mixin's push_to_hub
         self.save_pretrained(save_directory)
+
+
+def _model_card(ghn: "GHN") -> str:
+    c = ghn.config
+    n = sum(p.numel() for p in ghn.parameters())
+    status = ("trained" if c.trained else
+              "**untrained**: its predictions are a structured random initialisation, not a learned one")
+    notes = "\n".join(f"- {k}: {v}" for k, v in c.notes.items()) or "- (none recorded)"
+    return f"""---
+library_name: ghn
+license: mit
+tags: [graph-hypernetwork, parameter-prediction, ghn]
+---
+# GHN ({n:,} parameters)
+
+A LoGAH-style graph hypernetwork with an untiled low-rank decoder (package `ghn`). This predictor is {status}.
+
+```python
+from ghn import GHN
+ghn = GHN.from_pretrained("<this directory or repo id>")
+model = ghn.predict(model)   # writes predicted parameters in place
+```
+
+## Configuration
+hidden_dim={c.hidden_dim}, num_layers={c.num_layers}, num_heads={c.num_heads}, basis={c.basis}, rank={c.rank},
+decoder_hidden={c.decoder_hidden}; input shape {c.input_shape or "unspecified"}, classes {c.num_classes or "unspecified"}.
+
+## Provenance
+{notes}
+"""
 
 
 def _warn_coverage(coverage: CoverageReport, model: nn.Module) -> None:
