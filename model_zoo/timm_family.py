@@ -192,8 +192,9 @@ register_family("timm", task="image", sample=sample, build=build)
 
 @register_arch
 def test_timm_resnet() -> ArchSpec:
-    """timm's own ``test_resnet`` on 1x28x28, 10 classes."""
-    return ArchSpec("timm", dict(name="test_resnet", input_shape=[1, 28, 28], num_classes=10, overrides={}))
+    """timm's ``resnet18`` shrunk to one BasicBlock per stage, 4-8 channels (about 6k parameters), 1x28x28."""
+    return ArchSpec("timm", dict(name="resnet18", input_shape=[1, 28, 28], num_classes=10,
+                                 overrides=dict(layers=[1, 1, 1, 1], channels=[4, 4, 4, 8], stem_width=4)))
 
 
 def refresh(input_shape=(1, 28, 28), num_classes: int = 10, limit: int | None = None) -> Path:
