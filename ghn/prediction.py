@@ -95,12 +95,12 @@ def materialize(model: nn.Module, device: torch.device | str) -> list[str]:
             continue
         if hasattr(module, "reset_running_stats"):
             module.reset_running_stats()
-        elif hasattr(module, "rope_init_fn") and hasattr(module, "config"):
-            # transformers' rotary embeddings compute inv_freq from their config
-            inv_freq, _ = module.rope_init_fn(module.config, device)
-            module.inv_freq.copy_(inv_freq)
-            if hasattr(module, "original_inv_freq"):
-                module.original_inv_freq.copy_(inv_freq)
+        elif hasattr(module, "config") and not any(True for _ in module.parameters()):
+            # e.g. transformers' rotary embeddings: buffers computed from the config in __init__; rebuild them
+            with torch.device(device):
+                fresh = type(module)(module.config)
+            for n in own:
+                getattr(module, n).copy_(getattr(fresh, n))
         else:
             for n in own:
                 getattr(module, n).zero_()
