@@ -30,7 +30,7 @@ DEFAULT_GHN = "checkpoints/ghn-fmnist"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ghn-predict", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="ghn-predict", description=__doc__.split("\n")[0], allow_abbrev=False,
                                 epilog=__doc__.split("Examples:")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True,
