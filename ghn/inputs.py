@@ -58,7 +58,9 @@ def default_example_inputs(model: nn.Module) -> torch.Tensor | dict:
             img_size = (img_size, img_size)
         if isinstance(img_size, tuple | list) and len(img_size) == 2:
             h, w = img_size
-        c = getattr(getattr(getattr(model, "patch_embed", None), "proj", None), "in_channels", c)
+        # models built with in_chans=... also keep the pretrained channel count: the first conv knows better
+        first_conv = next((m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)), None)
+        c = getattr(first_conv, "in_channels", c)
         return torch.randn(BATCH, c, h, w)
     hf_config = getattr(model, "config", None)
     if hf_config is not None and hasattr(hf_config, "to_dict"):
