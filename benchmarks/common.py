@@ -1,0 +1,129 @@
+"""Helpers shared by the benchmarks: GHN loading, timing, environment info and results files."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ghn import GHN, GHNConfig
+
+__all__ = ["RESULTS_DIR", "DEFAULT_GHN", "add_common_args", "setup", "load_ghn", "ghn_label", "sync", "timed",
+           "median_time", "env_info", "write_results", "md_table", "fmt"]
+
+RESULTS_DIR = Path(__file__).parent / "results"
+DEFAULT_GHN = "checkpoints/ghn-fmnist"
+
+
+def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--device``, ``--threads``, ``--ghn`` and ``--out`` (results directory), shared by every benchmark."""
+    p.add_argument("--device", default="cpu", help="device of the GHN and the models (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads (default: leave; use 1 on a shared machine for stable ratios)")
+    p.add_argument("--ghn", default=DEFAULT_GHN,
+                   help=f"GHN checkpoint directory or Hub id; 'untrained' for a fresh 'small' GHN (default: "
+                        f"{DEFAULT_GHN}, falling back to an untrained GHN if it is absent)")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory (default: benchmarks/results)")
+    return p
+
+
+def setup(args: argparse.Namespace) -> torch.device:
+    """Apply ``--threads``, create ``--out``, check ``--device`` and return it."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: CUDA is not available on this machine")
+    return device
+
+
+def load_ghn(name: str = DEFAULT_GHN, device: str | torch.device = "cpu", seed: int = 0) -> GHN:
+    """The GHN to benchmark: a checkpoint if ``name`` is one, else (``"untrained"`` or a missing default directory)
+    a freshly initialised ``small`` GHN seeded by ``seed``. Outputs say which via :func:`ghn_label`."""
+    if name != "untrained" and (Path(name).is_dir() or name != DEFAULT_GHN):
+        return GHN.from_pretrained(name, device=device).eval()
+    torch.manual_seed(seed)
+    return GHN(GHNConfig.preset("small"), device=device).eval()
+
+
+def ghn_label(ghn: GHN, name: str) -> str:
+    """E.g. ``"checkpoints/ghn-fmnist (UNTRAINED, 681,949 params)"``: every results file states what it measured."""
+    n = sum(p.numel() for p in ghn.parameters())
+    state = "trained" if ghn.config.trained else "UNTRAINED"
+    return f"{name if Path(name).is_dir() or name != DEFAULT_GHN else 'untrained small GHN'} ({state}, {n:,} params)"
+
+
+def sync(device: torch.device | str) -> None:
+    """Wait for queued kernels, so wall-clock times on CUDA mean something."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device | str = "cpu") -> tuple[float, Any]:
+    """``(seconds, fn())`` with device synchronisation before and after."""
+    sync(device)
+    t = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t, out
+
+
+def median_time(fn: Callable[[], Any], repeat: int = 3, device: torch.device | str = "cpu") -> float:
+    """Median wall-clock seconds of ``repeat`` calls (the machine is shared: the median resists spikes)."""
+    return statistics.median(timed(fn, device)[0] for _ in range(repeat))
+
+
+def env_info(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """What the numbers were measured on (timings on a shared 2-core machine are noisy: see the load average)."""
+    import timm
+    import transformers
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    info = {"torch": torch.__version__, "timm": timm.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
+            "load_avg_1m": round(os.getloadavg()[0], 2), "git_commit": commit,
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    """Compact cell text: floats with ``digits`` significant digits, None as an em dash."""
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:,.0f}"
+    if isinstance(x, int):
+        return f"{x:,}"
+    return str(x)
+
+
+def md_table(rows: list[dict[str, Any]], columns: list[str] | None = None, digits: int = 3) -> str:
+    """A markdown table of ``rows`` (dicts) with ``columns`` (default: the first row's keys)."""
+    columns = columns or list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(fmt(r.get(c), digits) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_results(out_dir: Path, name: str, data: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """Write ``<name>.json`` (``data``) and ``<name>.md`` (``markdown``) into ``out_dir``; returns both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    js, md = out_dir / f"{name}.json", out_dir / f"{name}.md"
+    js.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    md.write_text(markdown.rstrip() + "\n")
+    return js, md
