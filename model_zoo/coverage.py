@@ -83,7 +83,7 @@ def _deadline(seconds: int):
 
 
 def check_model(name: str, source: str, make: Callable[[], nn.Module], ghn_model=None,
-                predict_max_params: int = 50_000_000, timeout: int = 300) -> dict:
+                predict_max_params: int = 10_000_000, timeout: int = 300) -> dict:
     """Build ``make()`` on meta, build its graph, maybe predict; return one report row (never raises)."""
     from ghn import build_graph
     from ghn.errors import GHNError
@@ -215,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="at most N timm archs")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers configs")
     ap.add_argument("--no-predict", action="store_true", help="graphs only, no GHN prediction")
-    ap.add_argument("--predict-max-params", type=int, default=50_000_000,
-                    help="predict models with at most this many parameters (default 50M)")
+    ap.add_argument("--predict-max-params", type=int, default=10_000_000,
+                    help="predict models with at most this many parameters (default 10M)")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per model")
     ap.add_argument("--out", type=Path, default=RESULTS / "coverage.md")
     args = ap.parse_args(argv)

@@ -99,7 +99,10 @@ def sample_gpt(rng: random.Random, *, vocab_size: int = 256, seq_len: int = 64, 
                     n_inner=int(width * rng.choice((1, 2, 3, 4))), activation=rng.choice(GPT_ACTS),
                     tie_word_embeddings=rng.random() < 0.7)
 
-    return sample_within(rng, propose, build_gpt, min_params, max_params, what="gpt")
+    def lower_bound(hp: dict) -> int:  # attention (4 w^2) and MLP (2 w n_inner) matrices, per layer
+        return hp["n_layer"] * (4 * hp["n_embd"] ** 2 + 2 * hp["n_embd"] * hp["n_inner"])
+
+    return sample_within(rng, propose, build_gpt, min_params, max_params, what="gpt", lower_bound=lower_bound)
 
 
 def sample_llama(rng: random.Random, *, vocab_size: int = 256, seq_len: int = 64, min_params: int | None = 10_000,
@@ -118,7 +121,11 @@ def sample_llama(rng: random.Random, *, vocab_size: int = 256, seq_len: int = 64
                     activation=rng.choice(("silu", "silu", "gelu")), tie_word_embeddings=rng.random() < 0.5,
                     attention_bias=mt == "llama" and rng.random() < 0.2, mlp_bias=mt == "llama" and rng.random() < 0.1)
 
-    return sample_within(rng, propose, build_llama, min_params, max_params, what="llama")
+    def lower_bound(hp: dict) -> int:  # q/o projections and the gated MLP's three matrices, per layer
+        w = hp["width"]
+        return hp["n_layer"] * (2 * w * hp["n_head"] * hp["head_dim"] + 3 * w * hp["intermediate_size"])
+
+    return sample_within(rng, propose, build_llama, min_params, max_params, what="llama", lower_bound=lower_bound)
 
 
 register_family("gpt", task="lm", sample=sample_gpt, build=build_gpt)

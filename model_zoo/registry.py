@@ -146,23 +146,34 @@ def sample_arch(family: str, seed: int = 0, **constraints: Any) -> ArchSpec:
 
 
 def sample_within(rng: random.Random, propose: Callable[[random.Random], dict], build: Callable[[dict], nn.Module],
-                  min_params: int | None, max_params: int | None, tries: int = 200, what: str = "arch") -> dict:
+                  min_params: int | None, max_params: int | None, tries: int = 200, what: str = "arch",
+                  lower_bound: Callable[[dict], int] | None = None) -> dict:
     """Rejection-sample ``propose(rng)`` until its meta-built model has ``min_params <= n <= max_params``.
 
+    Args:
+        lower_bound: optional cheap lower bound on a proposal's parameter count; proposals whose bound exceeds
+            ``max_params`` are dropped without building them (up to ``20 * tries`` of them).
     Raises:
         ConfigError: no proposal fits after ``tries`` attempts (the bounds are probably too tight).
     """
     import torch
 
-    seen = []
-    for _ in range(tries):
+    seen: list[int] = []
+    skipped = 0
+    while len(seen) < tries:
         hp = propose(rng)
         if min_params is None and max_params is None:
             return hp
+        if lower_bound is not None and max_params is not None and skipped < 20 * tries:
+            bound = lower_bound(hp)
+            if bound > max_params:
+                skipped += 1
+                continue
         with torch.device("meta"):
             n = count_params(build(hp))
         if (min_params is None or n >= min_params) and (max_params is None or n <= max_params):
             return hp
         seen.append(n)
     raise ConfigError(f"no {what} with {min_params} <= params <= {max_params} in {tries} tries "
-                      f"(sampled sizes ranged {min(seen)}..{max(seen)}); widen min_params/max_params")
+                      f"(sampled sizes ranged {min(seen)}..{max(seen)}, {skipped} more were too large); "
+                      "widen min_params/max_params")

@@ -39,7 +39,6 @@ DATA_DIR = Path(__file__).parent / "data"
 OVERRIDES: dict[str, list[dict]] = {
     "swin*": [dict(patch_size=1, window_size=7)],
     "swinv2_*": [dict(patch_size=1, window_size=7)],
-    "maxvit_*": [dict(img_size=32)],
 }
 # Models whose CPU fallback probe we allow (meta forward failed): bounded so probing never allocates much.
 CPU_PROBE_MAX_PARAMS = 30_000_000
@@ -117,6 +116,8 @@ def probe(name: str, input_shape: tuple | list = (1, 28, 28), num_classes: int =
                     e = e2
             if not ok:
                 first_err = first_err or e
+        if not ok:
+            first_err = first_err or ValueError(f"output is not a tensor of shape (2, {num_classes})")
         if ok:
             found = {"overrides": ov, "params": n}
             if "patch_size" in ov or _num_patches(model) >= MIN_PATCHES:
@@ -197,12 +198,17 @@ def test_timm_resnet() -> ArchSpec:
                                  overrides=dict(layers=[1, 1, 1, 1], channels=[4, 4, 4, 8], stem_width=4)))
 
 
-def refresh(input_shape=(1, 28, 28), num_classes: int = 10, limit: int | None = None) -> Path:
-    """Probe every ``timm.list_models()`` name and write the table (atomically) next to this module."""
+def refresh(input_shape=(1, 28, 28), num_classes: int = 10, limit: int | None = None,
+            pattern: str | None = None) -> Path:
+    """Probe ``timm.list_models()`` names and write the table (atomically) next to this module.
+
+    With ``pattern``, only matching names are re-probed and merged into the existing table.
+    """
     import timm
 
-    names = timm.list_models()[:limit]
-    models = {}
+    names = timm.list_models(pattern or "*")[:limit]
+    old = _table(tuple(input_shape), num_classes) if pattern else None
+    models = dict(old or {})
     for i, name in enumerate(names):
         models[name] = probe(name, input_shape, num_classes)
         log.info("%d/%d %s %s", i + 1, len(names), name, models[name])
@@ -210,9 +216,11 @@ def refresh(input_shape=(1, 28, 28), num_classes: int = 10, limit: int | None = 
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps({"timm_version": timm.__version__, "torch_version": torch.__version__,
-                               "input_shape": list(input_shape), "num_classes": num_classes, "models": models},
+                               "input_shape": list(input_shape), "num_classes": num_classes,
+                               "models": dict(sorted(models.items()))},
                               indent=1, sort_keys=True))
     os.replace(tmp, p)
+    _table.cache_clear()
     return p
 
 
@@ -222,11 +230,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--input-shape", default="1,28,28", help="C,H,W (default 1,28,28)")
     ap.add_argument("--num-classes", type=int, default=10)
     ap.add_argument("--limit", type=int, default=None, help="probe only the first N names")
+    ap.add_argument("--names", default=None, help="re-probe only names matching this fnmatch pattern, keep the rest")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     shape = tuple(int(s) for s in args.input_shape.split(","))
     if args.refresh:
-        p = refresh(shape, args.num_classes, args.limit)
+        p = refresh(shape, args.num_classes, args.limit, args.names)
         t = json.loads(p.read_text())["models"]
         log.info("wrote %s: %d/%d models run", p, sum("error" not in v for v in t.values()), len(t))
 

@@ -111,12 +111,15 @@ def sample(rng: random.Random, *, input_shape: tuple | list = (1, 28, 28), num_c
             hp.update(mlp=rng.choice(("mlp", "mlp", "swiglu")), reg_tokens=rng.choice((0, 0, 0, 1, 4)))
         if pe == "rope":
             hp.update(num_kv_heads=rng.choice([None] + _divisors(heads)[:-1]), abs_pos=rng.random() < 0.3)
-            hp["embed_dim"] = heads * rng.choice((8, 16, 24, 32))  # rotary embedding needs head_dim % 4 == 0
         if pe == "relpos":
             hp["rel_pos_type"] = rng.choice(("mlp", "bias"))
         return hp
 
-    return sample_within(rng, propose, build, min_params, max_params, what="vit")
+    def lower_bound(hp: dict) -> int:  # q/out projections + MLP matrices per block, patch embedding, classifier
+        d = hp["embed_dim"]
+        return hp["depth"] * d * d * (2 + 2 * hp["mlp_ratio"]) + d * (c * hp["patch_size"] ** 2 + num_classes)
+
+    return sample_within(rng, propose, build, min_params, max_params, what="vit", lower_bound=lower_bound)
 
 
 register_family("vit", task="image", sample=sample, build=build)

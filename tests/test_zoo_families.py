@@ -50,7 +50,7 @@ def test_image_constraints():
     vit = mz.sample_arch("vit", seed=2, input_shape=(3, 32, 32), num_classes=100, max_depth=1, max_params=50_000)
     assert vit.hparams["depth"] == 1 and vit.build()(vit.example_inputs()).shape == (2, 100)
     with pytest.raises(ConfigError, match="widen"):
-        mz.sample_arch("cnn", seed=0, min_params=10, max_params=20)
+        mz.sample_arch("mlp", seed=0, min_params=10, max_params=20)
 
 
 def test_lm_constraints():
