@@ -19,6 +19,7 @@ rebuilt and overwritten.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -60,8 +61,7 @@ class GraphCache:
         self.root = Path(root)
 
     def path(self, spec: ArchSpec) -> Path:
-        import hashlib
-
+        """``root/<h[:2]>/<h>.json`` with ``h = sha256(spec JSON + ghn version)``."""
         h = hashlib.sha256(f"{spec.to_json()}|ghn={ghn.__version__}".encode()).hexdigest()
         return self.root / h[:2] / f"{h}.json"
 

@@ -124,7 +124,10 @@ class ArchSpec:
         with torch.device(device):
             if device.type == "meta":
                 return fam.build(self.hparams)
-            with torch.random.fork_rng(devices=[]):
+            # fork the generator of the target device too, so seeding leaves the caller's RNG streams alone
+            cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
+                if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
                 torch.manual_seed(self.seed)
                 return fam.build(self.hparams)
 
