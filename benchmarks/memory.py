@@ -80,6 +80,9 @@ def worker(config: dict, mode: str, ghn_name: str, device: str, out_dir: str | N
         from ghn.cli import main as cli_main
         cfg = Path(out_dir) / "config.json"
         cfg.write_text(GPT2Config(**config).to_json_string())
+        if not Path(ghn_name).is_dir():  # the CLI reads a checkpoint directory: save the untrained GHN as one
+            ghn_name = str(Path(out_dir) / "ghn")
+            ghn.save_pretrained(ghn_name)
         rc = cli_main(["--model", f"hf:{cfg}", "--meta", "--ghn", ghn_name, "--device", device,
                        "--out", str(Path(out_dir) / "model.safetensors"), "--max-shard-size", "1GB"])
         if rc:
@@ -109,7 +112,7 @@ def measure(config: dict, mode: str, ghn_name: str, device: str, timeout: float 
                               cwd=Path(__file__).resolve().parent.parent)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode or not lines:
-        return {"mode": mode, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+        return {"mode": mode, "error": " | ".join(proc.stderr.strip().splitlines()[-3:]) or "no output"}
     return json.loads(lines[-1])
 
 

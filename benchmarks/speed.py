@@ -62,8 +62,10 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
 
 
 def time_model(make: Callable[[], nn.Module], ghn: GHN, device: torch.device | str = "cpu",
-               repeat: int = 3) -> dict:
+               repeat: int = 3, example_inputs=None) -> dict:
     """Median seconds of init / graph build / predict over ``repeat`` interleaved rounds (after one warm-up).
+
+    ``example_inputs`` is for models that do not declare their input (timm and transformers models do).
 
     Returns:
         ``{"params", "nodes", "init_s", "graph_s", "predict_s", "predict_over_init", "graph_over_init"}``; the
@@ -74,8 +76,8 @@ def time_model(make: Callable[[], nn.Module], ghn: GHN, device: torch.device | s
     for r in range(repeat + 1):  # round 0 warms up caches (imports, fake-tensor dispatch tables, allocator)
         with torch.device(device):
             t_init, model = timed(make, device)
-        t_graph, graph = timed(lambda: build_graph(model), device)
-        t_pred, _ = timed(lambda: ghn.predict(model), device)
+        t_graph, graph = timed(lambda: build_graph(model, example_inputs), device)
+        t_pred, _ = timed(lambda: ghn.predict(model, example_inputs), device)
         if r:
             rounds.append((t_init, t_graph, t_pred))
         n_params, n_nodes = sum(p.numel() for p in model.parameters()), len(graph)

@@ -1,0 +1,486 @@
+"""Quality: GHN-predicted vs default vs LSUV initialisation on held-out architectures (Fashion-MNIST, fortunes).
+
+Protocol (DESIGN.md, "Evaluation protocol"):
+
+* **zero-shot** (step 0, no training): initialise, then, if the model has BatchNorm, reset its running statistics
+  and recompute them from 20 training batches of 128 images (cumulative average, ``momentum=None``) and switch to
+  eval mode. The same recalibration is applied to every initialisation, so the comparison is fair;
+* **fine-tuned**: SGD (lr 0.05, momentum 0.9, batch 64) from that state, with the same data order and seed for
+  every initialisation; test accuracy after 100 and 500 steps (and at a few steps between, for the plot).
+
+Initialisations: ``ghn`` (``ghn.predict``), ``default`` (the model's own constructor init, seeded), and ``lsuv``
+(Mishkin & Matas, "All you need is a good init", ICLR 2016, https://arxiv.org/abs/1511.06422: orthogonal weights,
+then each conv/linear layer rescaled in forward order until its output variance on a data batch is 1).
+
+Archs: held-out specs of ``model_zoo`` (``heldout_archs``: never in the training split) from several families,
+a plain user-written CNN, and a timm ResNet-18 (11M parameters: above the zoo's timm size limit, so never sampled).
+Language models (``--lm``): held-out GPT/Llama specs, byte-level validation loss on the fortunes text at step 0
+and after N AdamW steps, for ``ghn`` vs ``default``.
+
+Run: ``python -m benchmarks.quality [--quick] [--device cuda]``. Writes ``results/quality.{md,json,png}``
+(``quality_quick.*`` with ``--quick``).
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import logging
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ghn import GHN
+from ghn.prediction import recalibrate_bn
+
+from .common import add_common_args, env_info, ghn_label, load_ghn, md_table, setup, write_results
+
+__all__ = ["PlainCNN", "Arch", "image_archs", "lm_archs", "lsuv_", "INITS", "evaluate_image_arch",
+           "evaluate_lm_arch", "run", "main"]
+
+logger = logging.getLogger(__name__)
+
+FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+MEAN, STD = 0.2860, 0.3530  # DESIGN.md normalisation
+LR, MOMENTUM, BATCH = 0.05, 0.9, 64  # fine-tuning protocol
+BN_BATCHES, BN_BATCH = 20, 128  # BatchNorm recalibration protocol
+INIT_NAMES = ("ghn", "default", "lsuv")
+
+
+# ---- data ---------------------------------------------------------------------------------------------------------
+def _idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def fashion_mnist(split: str, root: Path = FMNIST_DIR, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)``: normalised float images ``(N, 1, 28, 28)`` and int64 labels ``(N,)``; ``limit`` keeps a prefix."""
+    prefix = "train" if split == "train" else "t10k"
+    x = torch.from_numpy(_idx(root / f"{prefix}-images-idx3-ubyte.gz")[:limit].copy())
+    y = torch.from_numpy(_idx(root / f"{prefix}-labels-idx1-ubyte.gz")[:limit].copy()).long()
+    return ((x.float() / 255 - MEAN) / STD).unsqueeze(1), y
+
+
+def fortunes_bytes(root: Path = FORTUNES_DIR) -> torch.Tensor:
+    """All fortune texts (files without extension, symlinks skipped, sorted) as one uint8 tensor of bytes."""
+    files = sorted(p for p in root.iterdir() if p.is_file() and not p.is_symlink() and not p.suffix)
+    return torch.frombuffer(bytearray(b"".join(p.read_bytes() for p in files)), dtype=torch.uint8).long()
+
+
+# ---- architectures --------------------------------------------------------------------------------------------
+class PlainCNN(nn.Module):
+    """What a user writes for Fashion-MNIST: two conv-BN-ReLU-pool stages and a two-layer classifier."""
+
+    def __init__(self, width: int = 32, num_classes: int = 10):
+        super().__init__()
+        c = width
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, 2 * c, 3, padding=1), nn.BatchNorm2d(2 * c), nn.ReLU(), nn.MaxPool2d(2))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(2 * c * 7 * 7, 128), nn.ReLU(),
+                                        nn.Linear(128, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+@dataclass
+class Arch:
+    """One evaluated architecture: how to build it (default init, seeded) and why it is held out."""
+
+    name: str
+    family: str
+    build: Callable[[], nn.Module]
+    heldout: str  # why the GHN never saw it in meta-training
+    spec: dict | None = None  # model_zoo spec (JSON) when it comes from the zoo
+
+
+def _seeded(make: Callable[[], nn.Module], seed: int) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return make()
+    return build
+
+
+def image_archs(quick: bool = False, n_zoo: int = 6, seed: int = 0) -> list[Arch]:
+    """Held-out image archs: zoo held-out specs (cnn, vit, mlp), a plain CNN and timm's ResNet-18, all 1x28x28."""
+    from model_zoo import heldout_archs
+
+    families = ("vit", "mlp") if quick else ("cnn", "vit", "mlp")
+    zoo = heldout_archs(2 if quick else n_zoo, seed=seed, families=families)
+    archs = [Arch(name, spec.family, spec.build, "model_zoo held-out split", spec.to_dict()) for name, spec in
+             zoo.items()]
+    archs.append(Arch("plain_cnn", "user", _seeded(PlainCNN, seed), "user-written, not a zoo family"))
+    if not quick:
+        import timm
+        archs.append(Arch("timm_resnet18", "timm", _seeded(lambda: timm.create_model(
+            "resnet18", pretrained=False, in_chans=1, num_classes=10), seed),
+            "timm model above the zoo's timm size limit (never sampled)"))
+    return archs
+
+
+def lm_archs(quick: bool = False, seed: int = 0) -> list[Arch]:
+    """Held-out decoder LMs from the zoo (byte vocabulary 256, sequence length 64)."""
+    from model_zoo import heldout_archs
+
+    zoo = heldout_archs(1 if quick else 2, seed=seed, families=("gpt", "llama"))
+    return [Arch(name, spec.family, spec.build, "model_zoo held-out split", spec.to_dict())
+            for name, spec in zoo.items()]
+
+
+# ---- initialisations ------------------------------------------------------------------------------------------
+class _Stop(Exception):
+    """Raised by a forward hook to cut the forward pass short once the layer of interest has run."""
+
+
+@torch.no_grad()
+def lsuv_(model: nn.Module, x: torch.Tensor, tol: float = 0.1, max_iter: int = 10) -> nn.Module:
+    """LSUV in place: orthogonal conv/linear weights (zero biases), then per layer in forward order divide the
+    weight by the std of its output on ``x`` until the variance is within ``tol`` of 1."""
+    layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    for m in layers:
+        nn.init.orthogonal_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    order: list[nn.Module] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod)) for m in layers]
+    model.train()  # batch statistics in BatchNorm, as during training
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    for m in dict.fromkeys(order):  # first use of each layer, in execution order
+        out: list[torch.Tensor] = []
+
+        def grab(mod, i, o):
+            out.append(o)
+            raise _Stop  # nothing after this layer matters for its variance
+
+        h = m.register_forward_hook(grab)
+        try:
+            for _ in range(max_iter):
+                out.clear()
+                try:
+                    model(x)
+                except _Stop:
+                    pass
+                var = out[0].float().var()
+                if not torch.isfinite(var) or var < 1e-12 or abs(var - 1) < tol:
+                    break
+                m.weight.div_(var.sqrt())
+        finally:
+            h.remove()
+    return model
+
+
+def init_model(name: str, arch: Arch, ghn: GHN, device: torch.device, example: torch.Tensor,
+               data_batch: torch.Tensor | None) -> tuple[nn.Module, dict]:
+    """Build ``arch`` with its default init on ``device`` and apply initialisation ``name``.
+
+    Returns:
+        the model and info (``init_s``; ``coverage`` for the GHN).
+    """
+    with torch.device(device):
+        model = arch.build()
+    info: dict = {}
+    t = time.perf_counter()
+    if name == "ghn":
+        pred = ghn.predict_params(model, example)  # to read the coverage; predict() writes the same tensors
+        info["coverage"] = pred.coverage.fraction
+        ghn.predict(model, example, graph=pred.graph)
+    elif name == "lsuv":
+        if data_batch is None:
+            raise ValueError("lsuv needs a data batch")
+        lsuv_(model, data_batch)
+    elif name != "default":
+        raise ValueError(f"unknown init {name!r}; choose from {INIT_NAMES}")
+    info["init_s"] = time.perf_counter() - t
+    return model, info
+
+
+# ---- image evaluation ------------------------------------------------------------------------------------------
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
+    """Test accuracy in % (eval mode); a non-finite output counts as wrong."""
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch):
+        logits = model(x[i:i + batch])
+        ok = logits.argmax(1) == y[i:i + batch]
+        correct += (ok & torch.isfinite(logits).all(1)).sum().item()
+    return 100.0 * correct / len(x)
+
+
+def has_bn(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def evaluate_image_arch(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
+                        test: tuple[torch.Tensor, torch.Tensor], eval_steps: tuple[int, ...], seed: int = 0) -> dict:
+    """Zero-shot accuracy (after BN recalibration), then SGD fine-tuning with accuracy at ``eval_steps``.
+
+    The BN batches and the training order come from generators seeded by ``seed`` alone, so every init of an
+    arch sees exactly the same data.
+
+    Returns:
+        ``{"acc": {step: %}, "loss": {step: train loss of the batch at that step}, "diverged": bool}``.
+    """
+    xtr, ytr = train
+    g = torch.Generator().manual_seed(seed)
+    bn_idx = torch.randperm(len(xtr), generator=g)[:BN_BATCHES * BN_BATCH]
+    order = torch.randperm(len(xtr), generator=g)
+    if has_bn(model):
+        recalibrate_bn(model, (xtr[bn_idx[i:i + BN_BATCH]] for i in range(0, len(bn_idx), BN_BATCH)),
+                       max_batches=BN_BATCHES)
+    acc, losses = {0: accuracy(model, *test)}, {}
+    steps = max(eval_steps)
+    torch.manual_seed(seed)  # dropout etc.
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    diverged = False
+    for step in range(1, steps + 1):
+        model.train()
+        i = ((step - 1) * BATCH) % (len(xtr) - BATCH + 1)
+        idx = order[i:i + BATCH].to(xtr.device)
+        loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if not math.isfinite(loss.item()):
+            diverged = True
+        if step in eval_steps:
+            acc[step] = accuracy(model, *test)
+            losses[step] = loss.item()
+    return {"acc": acc, "loss": losses, "diverged": diverged}
+
+
+# ---- language models -------------------------------------------------------------------------------------------
+@torch.no_grad()
+def lm_loss(model: nn.Module, data: torch.Tensor, seq_len: int, n_batches: int = 20, batch: int = 16) -> float:
+    """Mean next-byte cross-entropy (nats) over the first ``n_batches × batch`` non-overlapping windows of ``data``
+    (fewer if ``data`` is shorter)."""
+    model.eval()
+    n = min(n_batches * batch, len(data) // (seq_len + 1))
+    windows = data[:n * (seq_len + 1)].view(n, seq_len + 1)
+    total = 0.0
+    for win in windows.split(batch):
+        logits = model(input_ids=win[:, :-1]).logits
+        total += len(win) * F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), win[:, 1:].reshape(-1)).item()
+    return total / n
+
+
+def evaluate_lm_arch(model: nn.Module, train: torch.Tensor, val: torch.Tensor, seq_len: int,
+                     eval_steps: tuple[int, ...], seed: int = 0, lr: float = 1e-3, batch: int = 16) -> dict:
+    """Validation loss at step 0 and after AdamW steps on random windows (same windows for every init)."""
+    g = torch.Generator().manual_seed(seed)
+    loss = {0: lm_loss(model, val, seq_len)}
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    torch.manual_seed(seed)
+    for step in range(1, max(eval_steps) + 1):
+        model.train()
+        starts = torch.randint(0, len(train) - seq_len - 1, (batch,), generator=g)
+        win = torch.stack([train[s:s + seq_len + 1] for s in starts.tolist()])
+        out = model(input_ids=win[:, :-1]).logits
+        l = F.cross_entropy(out.reshape(-1, out.shape[-1]), win[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        l.backward()
+        opt.step()
+        if step in eval_steps:
+            loss[step] = lm_loss(model, val, seq_len)
+    return {"val_loss": loss}
+
+
+# ---- driver ---------------------------------------------------------------------------------------------------
+def run(ghn: GHN, device: torch.device, quick: bool = False, lm: bool = True, inits: tuple[str, ...] = INIT_NAMES,
+        archs: list[Arch] | None = None, test_limit: int | None = None, eval_steps: tuple[int, ...] | None = None,
+        lm_steps: tuple[int, ...] | None = None, seed: int = 0) -> dict:
+    """Evaluate every (arch, init); returns the JSON-able results."""
+    eval_steps = eval_steps or ((0, 25, 100) if quick else (0, 25, 50, 100, 200, 500))
+    test_limit = test_limit if test_limit is not None else (1000 if quick else None)
+    xtr, ytr = (t.to(device) for t in fashion_mnist("train"))
+    xte, yte = (t.to(device) for t in fashion_mnist("test", limit=test_limit))
+    example = torch.randn(2, 1, 28, 28)
+    lsuv_batch = xtr[torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed + 1))[:BN_BATCH]]
+    res: dict = {"protocol": {"eval_steps": list(eval_steps), "test_images": len(xte), "lr": LR,
+                              "momentum": MOMENTUM, "batch": BATCH, "bn_batches": BN_BATCHES, "bn_batch": BN_BATCH,
+                              "seed": seed}, "image": {}, "lm": {}}
+    for arch in archs if archs is not None else image_archs(quick, seed=seed):
+        row: dict = {"family": arch.family, "heldout": arch.heldout, "spec": arch.spec, "inits": {}}
+        for name in inits:
+            t = time.perf_counter()
+            model, info = init_model(name, arch, ghn, device, example, lsuv_batch)
+            row["params"] = sum(p.numel() for p in model.parameters())
+            out = evaluate_image_arch(model, (xtr, ytr), (xte, yte), eval_steps, seed)
+            row["inits"][name] = {**info, **out, "seconds": time.perf_counter() - t}
+            logger.info("%s %s: %s", arch.name, name, {k: round(v, 1) for k, v in out["acc"].items()})
+            del model
+        res["image"][arch.name] = row
+    if lm:
+        data = fortunes_bytes()
+        split = int(0.9 * len(data))
+        lm_train, lm_val = data[:split].to(device), data[split:].to(device)
+        lm_steps = lm_steps or ((0, 20) if quick else (0, 100, 500))
+        res["protocol"]["lm"] = {"steps": list(lm_steps), "optimizer": "AdamW lr 1e-3", "batch": 16,
+                                 "data": f"{len(data):,} bytes of fortunes, last 10% for validation"}
+        for arch in lm_archs(quick, seed=seed):
+            row = {"family": arch.family, "heldout": arch.heldout, "spec": arch.spec, "inits": {}}
+            seq_len = arch.spec["hparams"]["seq_len"] if arch.spec else 64
+            for name in ("ghn", "default"):
+                with torch.device(device):
+                    model = arch.build()
+                if name == "ghn":
+                    ghn.predict(model)
+                row["params"] = sum(p.numel() for p in model.parameters())
+                row["inits"][name] = evaluate_lm_arch(model, lm_train, lm_val, seq_len, lm_steps, seed)
+                logger.info("%s %s: %s", arch.name, name, row["inits"][name]["val_loss"])
+            res["lm"][arch.name] = row
+    res["summary"] = summarize(res)
+    return res
+
+
+def summarize(res: dict) -> dict:
+    """Goal checks: mean zero-shot accuracy of the GHN init, and how often it beats default init by ≥ 5 points."""
+    image = res["image"]
+    if not image or "ghn" not in next(iter(image.values()))["inits"]:
+        return {}
+    steps = res["protocol"]["eval_steps"]
+    out: dict = {"mean_acc": {name: {s: statistics.fmean(r["inits"][name]["acc"][s] for r in image.values())
+                                     for s in steps}
+                              for name in next(iter(image.values()))["inits"]}}
+    out["zero_shot_ghn_mean"] = out["mean_acc"]["ghn"][0]
+    early = 100 if 100 in steps else sorted(steps)[1] if len(steps) > 1 else 0
+    if "default" in out["mean_acc"]:
+        wins = [r["inits"]["ghn"]["acc"][early] - r["inits"]["default"]["acc"][early] >= 5 for r in image.values()]
+        out["early_step"] = early
+        out["ghn_beats_default_by_5_at_early_step"] = sum(wins) / len(wins)
+    return out
+
+
+def to_markdown(res: dict, label: str, env: dict) -> str:
+    p = res["protocol"]
+    steps = p["eval_steps"]
+    shown = [s for s in steps if s in (0, 100, 500)] or steps
+    rows = []
+    for arch, r in res["image"].items():
+        for name, v in r["inits"].items():
+            row = {"arch": arch, "family": r["family"], "params": r["params"], "init": name}
+            for s in shown:
+                row["zero-shot" if s == 0 else f"fine-tuned {s} steps"] = v["acc"][s]
+            if name == "ghn":
+                row["coverage"] = v.get("coverage")
+            rows.append(row)
+    parts = [f"# Quality: predicted vs default vs LSUV initialisation\n\nGHN: {label}. Device: {env['device']}. "
+             f"Test accuracy (%) on {p['test_images']:,} Fashion-MNIST test images. **Zero-shot** = no training "
+             f"(BatchNorm statistics recomputed from {p['bn_batches']} training batches of {p['bn_batch']}, for every "
+             f"init); **fine-tuned N steps** = SGD lr {p['lr']}, momentum {p['momentum']}, batch {p['batch']}, same "
+             "data order and seed for every init. All archs are held out from meta-training.\n",
+             md_table(rows, digits=3)]
+    s = res.get("summary") or {}
+    if s:
+        mean_rows = [{"init": k, **{("zero-shot" if st == 0 else f"{st} steps"): v[st] for st in steps}}
+                     for k, v in s["mean_acc"].items()]
+        parts += ["\n## Mean over archs\n", md_table(mean_rows)]
+        zs = s["zero_shot_ghn_mean"]
+        parts += ["\n## Goals\n", f"- Mean zero-shot accuracy of the GHN init: {zs:.1f} % (goal ≥ 70 %): "
+                  f"{'met' if zs >= 70 else 'MISSED'}"]
+        if "ghn_beats_default_by_5_at_early_step" in s:
+            f = s["ghn_beats_default_by_5_at_early_step"]
+            parts.append(f"- After {s['early_step']} steps, GHN init ≥ default init + 5 points on {100 * f:.0f} % of "
+                         f"the archs (goal ≥ 90 %): {'met' if f >= 0.9 else 'MISSED'}")
+    if res["lm"]:
+        lp = p["lm"]
+        rows = []
+        for arch, r in res["lm"].items():
+            for name, v in r["inits"].items():
+                rows.append({"arch": arch, "family": r["family"], "params": r["params"], "init": name,
+                             **{("zero-shot" if st == 0 else f"{st} steps"): v["val_loss"][st] for st in lp["steps"]}})
+        parts += [f"\n## Language models: validation loss (nats/byte, lower is better)\n\n{lp['data']}; "
+                  f"fine-tuning with {lp['optimizer']}, batch {lp['batch']} windows of the model's sequence length.\n",
+                  md_table(rows)]
+    return "\n".join(parts)
+
+
+def plot(res: dict, path: Path) -> None:
+    """Accuracy vs fine-tuning steps, one panel per arch plus the mean (and LM validation loss panels)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(res["image"].items())
+    n = len(panels) + 1 + len(res["lm"])
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    axes = axes.ravel()
+    colors = {"ghn": "C0", "default": "C1", "lsuv": "C2"}
+    steps = res["protocol"]["eval_steps"]
+    for ax, (arch, r) in zip(axes, panels):
+        for name, v in r["inits"].items():
+            ax.plot(steps, [v["acc"][s] for s in steps], "o-", ms=3, color=colors.get(name), label=name)
+        ax.set_title(f"{arch} ({r['params'] / 1e3:.0f}k)", fontsize=8)
+    if res.get("summary"):
+        ax = axes[len(panels)]
+        for name, v in res["summary"]["mean_acc"].items():
+            ax.plot(steps, [v[s] for s in steps], "o-", ms=3, color=colors.get(name), label=name)
+        ax.set_title("mean over archs", fontsize=8, fontweight="bold")
+    for ax in axes[:len(panels) + 1]:
+        ax.set_xscale("symlog", linthresh=25)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("SGD steps (0 = zero-shot)", fontsize=7)
+        ax.set_ylabel("test acc. %", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax, (arch, r) in zip(axes[len(panels) + 1:], res["lm"].items()):
+        lsteps = res["protocol"]["lm"]["steps"]
+        for name, v in r["inits"].items():
+            ax.plot(lsteps, [v["val_loss"][s] for s in lsteps], "o-", ms=3, color=colors.get(name), label=name)
+        ax.set_title(f"LM {arch}: val loss", fontsize=8)
+        ax.set_xlabel("AdamW steps", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes[n:]:
+        ax.axis("off")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    p.add_argument("--quick", action="store_true",
+                   help="3 archs, 1,000 test images, steps 0/25/100, one small LM for 20 steps (a few minutes on CPU)")
+    p.add_argument("--no-lm", action="store_true", help="skip the language models")
+    p.add_argument("--inits", nargs="*", default=list(INIT_NAMES), choices=INIT_NAMES)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("ghn").setLevel(logging.ERROR)
+    device = setup(args)
+    ghn = load_ghn(args.ghn, device)
+    label = ghn_label(ghn, args.ghn)
+    env = env_info(device)
+    t = time.perf_counter()
+    res = run(ghn, device, args.quick, lm=not args.no_lm, inits=tuple(args.inits), seed=args.seed)
+    res.update(env=env, ghn=label, quick=args.quick, seconds=time.perf_counter() - t)
+    name = "quality_quick" if args.quick else "quality"
+    plot(res, args.out / f"{name}.png")
+    md = to_markdown(res, label, env)
+    write_results(args.out, name, res, md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Smoke tests of the benchmarks' core functions on tiny models and synthetic data (seconds, CPU only)."""
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from benchmarks import memory, quality, size, speed
+from benchmarks.common import md_table, write_results
+from ghn import GHN, GHNConfig
+
+TINY_GPT = dict(n_embd=8, n_layer=1, n_head=2, vocab_size=32, n_positions=16)
+
+
+@pytest.fixture(scope="module")
+def ghn():
+    torch.manual_seed(0)
+    return GHN(GHNConfig.preset("tiny")).eval()
+
+
+def tiny_cnn():
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, 10))
+
+
+# ---- common ----------------------------------------------------------------------------------------------------
+def test_results_files(tmp_path):
+    js, md = write_results(tmp_path, "x", {"a": 1.5}, md_table([{"a": 1.23456, "b": None, "c": 1234567}]))
+    assert json.loads(js.read_text()) == {"a": 1.5}
+    assert md.read_text().splitlines() == ["| a | b | c |", "|---|---|---|", "| 1.23 | — | 1,234,567 |"]
+
+
+# ---- speed -----------------------------------------------------------------------------------------------------
+def test_time_model_and_ratios(ghn):
+    r = speed.time_model(tiny_cnn, ghn, repeat=1, example_inputs=torch.randn(2, 1, 28, 28))
+    assert r["nodes"] > 3 and r["params"] == sum(p.numel() for p in tiny_cnn().parameters())
+    assert r["predict_s"] > 0 and r["predict_over_init"] > 0
+
+
+def test_distinct_values_sees_tiling_and_duplicates():
+    block = torch.randn(4, 4)
+    tiled = {"w": block.repeat(4, 4)}  # GHN-3-style tiling of a 4x4 block into 16x16
+    assert speed.distinct_values(tiled)["overall"] == pytest.approx(1 / 16)
+    dup = speed.distinct_values({"a": block, "b": block.clone(), "bias": torch.zeros(4)})
+    assert dup["duplicate_tensors"] == pytest.approx(0.5) and dup["per_tensor"] == 1.0
+
+
+def test_large_model_path_on_meta(ghn):
+    r = speed.large_model(ghn, n_embd=8, n_layer=2, n_head=2)
+    assert r["params"] > 0 and r["predict_s"] > 0 and r["nodes"] > 5
+
+
+# ---- size ------------------------------------------------------------------------------------------------------
+def test_size_formulas_and_run(ghn):
+    # GHN-3's decoder grows with the square of the max width, LoGAH's linearly, ours not at all
+    h = 64
+    assert size.ghn3_decoder_params(2048, h) - size.ghn3_decoder_params(1024, h) == (8 * h + 1) * (2048**2 - 1024**2) \
+        + 1024 * 10
+    assert size.logah_decoder_params(2048, h, 32) - size.logah_decoder_params(1024, h, 32) == 33 * 1024
+    res = size.run(ghn, {"tiny gpt": lambda: speed.gpt2(**TINY_GPT)})
+    (row,) = res["targets"]
+    assert row["coverage"] == 1.0 and row["max_dim"] == 32 and row["max_dim_no_embed"] == 32  # 4·8 MLP = vocab 32
+    assert "tiny gpt" in size.to_markdown(res, "tiny")
+
+
+# ---- memory ----------------------------------------------------------------------------------------------------
+def test_memory_worker_in_process():
+    r = memory.worker(dict(n_embd=8, n_layer=1, n_head=2), "predict", "untrained", "cpu")
+    assert r["peak_rss"] >= r["baseline_rss"] > 0 and r["fp32_bytes"] == 4 * r["params"]
+    md = memory.to_markdown({"tiny": {"predict": r}}, {"device": "cpu"}, "untrained")
+    assert "peak RSS" in md and "goal ≤ 1.5×" in md
+
+
+def test_memory_cli_path_in_subprocess():
+    r = memory.measure(dict(n_embd=8, n_layer=1, n_head=2), "cli", "untrained", "cpu", timeout=120)
+    assert "error" not in r, r
+    assert r["files"] == ["model.safetensors"] and r["peak_rss"] > 0
+
+
+# ---- quality ---------------------------------------------------------------------------------------------------
+def test_lsuv_gives_unit_variance():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 50), nn.ReLU(), nn.Linear(50, 10))
+    x = torch.randn(256, 20)
+    quality.lsuv_(model, x)
+    with torch.no_grad():
+        assert model[0](x).var().item() == pytest.approx(1, abs=0.1)
+        assert model(x).var().item() == pytest.approx(1, abs=0.1)
+
+
+@pytest.mark.parametrize("init", quality.INIT_NAMES)
+def test_image_protocol_on_synthetic_data(ghn, init):
+    arch = quality.Arch("tiny", "user", tiny_cnn, "test")
+    torch.manual_seed(0)
+    train = (torch.randn(300, 1, 28, 28), torch.randint(0, 10, (300,)))
+    test = (torch.randn(50, 1, 28, 28), torch.randint(0, 10, (50,)))
+    model, info = quality.init_model(init, arch, ghn, torch.device("cpu"), torch.randn(2, 1, 28, 28), train[0][:64])
+    if init == "ghn":
+        assert info["coverage"] == 1.0
+    out = quality.evaluate_image_arch(model, train, test, eval_steps=(0, 2, 3))
+    assert set(out["acc"]) == {0, 2, 3} and all(0 <= a <= 100 for a in out["acc"].values())
+
+
+def test_same_data_order_for_every_init():
+    """Two runs from the same init give identical curves: data order and seeds do not depend on anything else."""
+    train = (torch.randn(300, 1, 28, 28), torch.randint(0, 10, (300,)))
+    test = (torch.randn(50, 1, 28, 28), torch.randint(0, 10, (50,)))
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        runs.append(quality.evaluate_image_arch(tiny_cnn(), train, test, eval_steps=(0, 3))["loss"])
+    assert runs[0] == runs[1]
+
+
+def test_lm_protocol_and_report(ghn, tmp_path):
+    model = speed.gpt2(**TINY_GPT)
+    ghn.predict(model)
+    data = torch.randint(0, 32, (4000,))
+    out = quality.evaluate_lm_arch(model, data[:3000], data[3000:], seq_len=8, eval_steps=(0, 2))
+    assert set(out["val_loss"]) == {0, 2}
+    acc = {"acc": {0: 10.0, 2: 20.0}, "loss": {}, "diverged": False}
+    res = {"protocol": {"eval_steps": [0, 2], "test_images": 50, "lr": 0.05, "momentum": 0.9, "batch": 64,
+                        "bn_batches": 20, "bn_batch": 128, "lm": {"steps": [0, 2], "optimizer": "AdamW", "batch": 16,
+                                                                   "data": "x"}},
+           "image": {"a": {"family": "user", "params": 10, "inits": {"ghn": {**acc, "coverage": 1.0},
+                                                                      "default": acc}}},
+           "lm": {"g": {"family": "gpt", "params": 10, "inits": {"ghn": out, "default": out}}}}
+    res["summary"] = quality.summarize(res)
+    assert res["summary"]["zero_shot_ghn_mean"] == 10.0
+    assert "MISSED" in quality.to_markdown(res, "tiny", {"device": "cpu"})
+    quality.plot(res, tmp_path / "q.png")
+    assert (tmp_path / "q.png").stat().st_size > 1000
+
+
+@pytest.mark.skipif(not quality.FMNIST_DIR.is_dir(), reason="Fashion-MNIST idx files not installed")
+def test_fashion_mnist_loader():
+    x, y = quality.fashion_mnist("test", limit=100)
+    assert x.shape == (100, 1, 28, 28) and y.shape == (100,) and 0 <= int(y.min()) and int(y.max()) <= 9
+    assert abs(float(x.mean())) < 0.5  # normalised
