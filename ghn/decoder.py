@@ -148,13 +148,17 @@ class LowRankDecoder(nn.Module):
         dev = h.device
         rows_t, roles_t, slots_t = (torch.tensor(v, device=dev) for v in (rows, roles, slots))
         z = h[rows_t] + self.role(roles_t) + self.slot(slots_t)
-        z = z + _position_code(torch.tensor(pos, device=dev), torch.tensor(size, device=dev), z.shape[1])
+        # Kernel positions must dominate the trunk's input: with a weak code every kernel row gets nearly the
+        # same factor, predicted kernels start as box filters, and spatial structure is learned very slowly.
+        z = z + 4.0 * _position_code(torch.tensor(pos, device=dev), torch.tensor(size, device=dev), z.shape[1])
         t = self.trunk(z)  # (Q, hidden)
         # Each head runs once over all rows that ask for it; then rows are split back per tensor.
         vec_all = self.to_vec(t[slots_t == _SLOT_VEC])  # (n_queries, p + 2), in query order
         u_all = self.to_u(t[slots_t == _SLOT_ROW]).view(-1, self.p, self.r)  # (Σ ka, p, r)
         v_all = self.to_v(t[slots_t == _SLOT_COL]).view(-1, self.r, self.p)  # (Σ kb, r, p)
-        gain = self.gain0 * self.log_gain.exp()
+        # Bounded log-gains: an unbounded exp() lets training collapse a tensor to exactly zero, where the
+        # gradient of everything upstream vanishes for good (seen as a loss stuck at ln(classes)).
+        gain = self.gain0 * torch.exp(3.0 * torch.tanh(self.log_gain / 3.0))
         # One code table for the widest dimension; Φ(i) does not depend on the width it is sliced for.
         widest = max(max(q.shape[:2]) if q.shape else 1 for q in queries)
         codes = self.code(widest)
@@ -166,7 +170,7 @@ class LowRankDecoder(nn.Module):
                 ka, kb = q.kernel
                 u, v = u_all[iu:iu + ka], v_all[iv:iv + kb]
                 iu, iv = iu + ka, iv + kb
-                w = self._matrix(q, u, v, codes, gain[role] * vec[-1].exp())
+                w = self._matrix(q, u, v, codes, gain[role] * torch.exp(torch.tanh(vec[-1])))
             else:
                 w = self._vector(q, vec, codes, gain[role], self.offset[role])
             yield q.info, self._to_param_layout(q, w)
@@ -204,7 +208,7 @@ class LowRankDecoder(nn.Module):
         n = q.shape[0] if q.shape else 1
         u, b0, log_scale = vec[:self.p], vec[self.p], vec[self.p + 1]
         values = b0 + codes[:n] @ u / math.sqrt(self.p)
-        return offset + gain * log_scale.exp() * values
+        return offset + gain * torch.exp(torch.tanh(log_scale)) * values
 
     @staticmethod
     def _to_param_layout(q: ParamQuery, w: torch.Tensor) -> torch.Tensor:
