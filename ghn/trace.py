@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch.func import functional_call
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import ExampleInputError
 
@@ -54,6 +55,10 @@ def trace_model(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, t
         ExampleInputError: if the model cannot run on the inputs, with or without fake tensors.
     """
     modes = {m: m.training for m in model.modules()}
+    # functional_call swaps stand-ins into the model and swaps the originals back, but a module registered under two
+    # names (``self.alias = self.block``) gets its stand-in restored last, leaving fake tensors in the user's model.
+    # So we keep every module's own tensor slots and put them back ourselves, whatever happens in between.
+    slots = [(m, dict(m._parameters), dict(m._buffers)) for m in model.modules()]
     model.eval()
     try:
         try:
@@ -71,6 +76,20 @@ def trace_model(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, t
     finally:
         for m, training in modes.items():
             m.training = training
+        _restore_slots(slots)
+
+
+def _restore_slots(slots: list) -> None:
+    for m, params, buffers in slots:
+        for table, saved in ((m._parameters, params), (m._buffers, buffers)):
+            for k in [k for k in table if k not in saved]:
+                del table[k]
+            for k, v in saved.items():
+                if table.get(k, _NOTHING) is not v:
+                    table[k] = v
+
+
+_NOTHING = object()
 
 
 def _run(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, torch.Tensor], fake: bool) -> Trace:
@@ -79,9 +98,12 @@ def _run(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, torch.Te
     if fake:
         from torch._subclasses.fake_tensor import FakeTensorMode
         mode: Any = FakeTensorMode(allow_non_fake_inputs=True)
+        check: Any = _DtypeCheck()  # entered after (inside) fake mode, so it sees each op first
     else:
-        mode = contextlib.nullcontext()
-    with torch.enable_grad(), mode:
+        mode = check = contextlib.nullcontext()
+    # Real runs happen where the model's parameters are (inputs are moved there, as a user's own loop would).
+    device = next((p.device for p in params.values()), torch.device("cpu"))
+    with torch.enable_grad(), mode, check:
         def stand_in(t: torch.Tensor, grad: bool) -> torch.Tensor:
             if fake:
                 s = torch.empty(t.shape, dtype=t.dtype, device="cpu")
@@ -98,6 +120,8 @@ def _run(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, torch.Te
 
         def convert(x: Any) -> Any:
             if isinstance(x, torch.Tensor):
+                if not fake and x.device != device:
+                    x = x.to(device)
                 s = stand_in(x, grad=True)
                 if fake and not x.is_floating_point():
                     # Token ids index embedding tables: keep them valid even though fake values are never read.
@@ -120,6 +144,25 @@ def _run(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, torch.Te
             f"{type(model).__name__} returned no tensor that depends on its parameters or inputs; "
             "make sure forward() returns its outputs (a tensor, tuple, dict or ModelOutput)")
     return Trace(outputs=outputs, leaves=leaves, fake=fake, keep_alive=keep)
+
+
+# Matrix products whose operands must share one dtype. Real kernels check this; the fake (meta) kernels of these
+# ops do not, so without this check a fake trace would accept inputs a real forward pass rejects (token ids fed
+# to a Linear, float32 inputs to a float16 model).
+_SAME_DTYPE_OPS = frozenset(getattr(torch.ops.aten, name).default for name in (
+    "mm", "addmm", "bmm", "baddbmm", "addbmm", "mv", "addmv", "dot"))
+
+
+class _DtypeCheck(TorchDispatchMode):
+    """Raise, as real kernels do, when a matrix product mixes dtypes (active only under fake tensors)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in _SAME_DTYPE_OPS:
+            dtypes = [a.dtype for a in args if isinstance(a, torch.Tensor)]
+            if len(set(dtypes)) > 1:
+                names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+                raise RuntimeError(f"{func.__name__} got operands of different dtypes ({names})")
+        return func(*args, **(kwargs or {}))
 
 
 def _flatten(x: Any) -> list[torch.Tensor]:
@@ -152,12 +195,42 @@ def _input_error(model: nn.Module, args: tuple, kwargs: dict, err: Exception) ->
     expected = ""
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
     if isinstance(cfg, dict) and cfg.get("input_size"):
-        expected = f" The model declares input_size={tuple(cfg['input_size'])} (batch dimension first)."
-    first = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)), None)
-    if not expected and first is not None:
+        expected = f" The model declares input_size={tuple(cfg['input_size'])} (add a batch dimension first)."
+    first = next((m for m in model.modules()
+                  if isinstance(m, nn.modules.conv._ConvNd | nn.Linear | nn.Embedding | nn.EmbeddingBag)), None)
+    if not expected and isinstance(first, nn.Embedding | nn.EmbeddingBag):
+        expected = (f" Its first layer ({type(first).__name__}) expects integer token ids in "
+                    f"[0, {first.num_embeddings}).")
+    elif not expected and first is not None:
         c = getattr(first, "in_channels", None) or getattr(first, "in_features", None)
         expected = f" Its first layer ({type(first).__name__}) expects {c} input channels/features."
+    expected += _dtype_hint(model, args, kwargs, first)
     return ExampleInputError(
         f"could not run {type(model).__name__} on example inputs args={_describe(args)} "
         f"kwargs={_describe(kwargs)}: {type(err).__name__}: {str(err).splitlines()[0].rstrip('.') if str(err) else ''}."
         f"{expected} Pass example_inputs=... that the model's forward() accepts.")
+
+
+def _dtype_hint(model: nn.Module, args: tuple, kwargs: dict, first: nn.Module | None) -> str:
+    """What the model expects when the inputs' dtypes cannot be right ("" when they may be)."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    inputs = [t for t in _flat_inputs((args, kwargs))]
+    floats = {t.dtype for t in inputs if t.is_floating_point()}
+    if dtype is not None and floats - {dtype}:
+        names = ", ".join(sorted(str(d).replace("torch.", "") for d in floats))
+        return (f" Its parameters are {str(dtype).replace('torch.', '')} but the floating inputs are {names}; "
+                "cast the inputs to the model's dtype.")
+    ints = [t for t in inputs if not t.is_floating_point() and not t.is_complex()]
+    if ints and not floats and first is not None and not isinstance(first, nn.Embedding | nn.EmbeddingBag):
+        return " The inputs are integer tensors but the first layer takes floating-point values."
+    return ""
+
+
+def _flat_inputs(x: Any) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, dict):
+        return [t for v in x.values() for t in _flat_inputs(v)]
+    if isinstance(x, tuple | list):
+        return [t for v in x for t in _flat_inputs(v)]
+    return []
