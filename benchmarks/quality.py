@@ -23,7 +23,6 @@ Run: ``python -m benchmarks.quality [--quick] [--device cuda]``. Writes ``result
 from __future__ import annotations
 
 import argparse
-import gzip
 import logging
 import math
 import statistics
@@ -32,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -47,35 +45,19 @@ __all__ = ["PlainCNN", "Arch", "image_archs", "lm_archs", "lsuv_", "INITS", "eva
 
 logger = logging.getLogger(__name__)
 
-FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FORTUNES_DIR = Path("/usr/share/games/fortunes")
-MEAN, STD = 0.2860, 0.3530  # DESIGN.md normalisation
 LR, MOMENTUM, BATCH = 0.05, 0.9, 64  # fine-tuning protocol
 BN_BATCHES, BN_BATCH = 20, 128  # BatchNorm recalibration protocol
 INIT_NAMES = ("ghn", "default", "lsuv")
 
 
-# ---- data ---------------------------------------------------------------------------------------------------------
-def _idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+# ---- data (train.data: the loaders the GHN was meta-trained with) -------------------------------------------
+def fashion_mnist(split: str, data_dir: Path | None = None, limit: int | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised Fashion-MNIST ``(x (N, 1, 28, 28) float, y (N,) int64)``; ``limit`` keeps a prefix."""
+    from train.data import fashion_mnist as raw, normalize
 
-
-def fashion_mnist(split: str, root: Path = FMNIST_DIR, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x, y)``: normalised float images ``(N, 1, 28, 28)`` and int64 labels ``(N,)``; ``limit`` keeps a prefix."""
-    prefix = "train" if split == "train" else "t10k"
-    x = torch.from_numpy(_idx(root / f"{prefix}-images-idx3-ubyte.gz")[:limit].copy())
-    y = torch.from_numpy(_idx(root / f"{prefix}-labels-idx1-ubyte.gz")[:limit].copy()).long()
-    return ((x.float() / 255 - MEAN) / STD).unsqueeze(1), y
-
-
-def fortunes_bytes(root: Path = FORTUNES_DIR) -> torch.Tensor:
-    """All fortune texts (files without extension, symlinks skipped, sorted) as one uint8 tensor of bytes."""
-    files = sorted(p for p in root.iterdir() if p.is_file() and not p.is_symlink() and not p.suffix)
-    return torch.frombuffer(bytearray(b"".join(p.read_bytes() for p in files)), dtype=torch.uint8).long()
+    pixels, labels = raw(split, data_dir, limit)
+    return normalize(pixels), labels
 
 
 # ---- architectures --------------------------------------------------------------------------------------------
@@ -115,7 +97,8 @@ def _seeded(make: Callable[[], nn.Module], seed: int) -> Callable[[], nn.Module]
 
 
 def image_archs(quick: bool = False, n_zoo: int = 6, seed: int = 0) -> list[Arch]:
-    """Held-out image archs: zoo held-out specs (cnn, vit, mlp), a plain CNN and timm's ResNet-18, all 1x28x28."""
+    """Held-out image archs, all 1x28x28 / 10 classes: zoo held-out specs (cnn, vit, mlp with the families' default
+    sizes, up to 5× the meta-training limit; a timm arch), a plain CNN and timm's ResNet-18."""
     from model_zoo import heldout_archs
 
     families = ("vit", "mlp") if quick else ("cnn", "vit", "mlp")
@@ -125,6 +108,11 @@ def image_archs(quick: bool = False, n_zoo: int = 6, seed: int = 0) -> list[Arch
     archs.append(Arch("plain_cnn", "user", _seeded(PlainCNN, seed), "user-written, not a zoo family"))
     if not quick:
         import timm
+
+        # timm is a zoo family the image GHN is not meta-trained on (train.config: cnn, vit, mlp)
+        for name, spec in heldout_archs(1, seed=seed, families=("timm",), max_params=1_000_000).items():
+            archs.append(Arch(name, "timm", spec.build, "held-out split of a family outside meta-training",
+                              spec.to_dict()))
         archs.append(Arch("timm_resnet18", "timm", _seeded(lambda: timm.create_model(
             "resnet18", pretrained=False, in_chans=1, num_classes=10), seed),
             "timm model above the zoo's timm size limit (never sampled)"))
@@ -305,12 +293,13 @@ def evaluate_lm_arch(model: nn.Module, train: torch.Tensor, val: torch.Tensor, s
 # ---- driver ---------------------------------------------------------------------------------------------------
 def run(ghn: GHN, device: torch.device, quick: bool = False, lm: bool = True, inits: tuple[str, ...] = INIT_NAMES,
         archs: list[Arch] | None = None, test_limit: int | None = None, eval_steps: tuple[int, ...] | None = None,
-        lm_steps: tuple[int, ...] | None = None, seed: int = 0) -> dict:
+        lm_steps: tuple[int, ...] | None = None, seed: int = 0, fmnist_dir: Path | None = None,
+        fortunes_dir: Path | None = None) -> dict:
     """Evaluate every (arch, init); returns the JSON-able results."""
     eval_steps = eval_steps or ((0, 25, 100) if quick else (0, 25, 50, 100, 200, 500))
     test_limit = test_limit if test_limit is not None else (1000 if quick else None)
-    xtr, ytr = (t.to(device) for t in fashion_mnist("train"))
-    xte, yte = (t.to(device) for t in fashion_mnist("test", limit=test_limit))
+    xtr, ytr = (t.to(device) for t in fashion_mnist("train", fmnist_dir))
+    xte, yte = (t.to(device) for t in fashion_mnist("test", fmnist_dir, limit=test_limit))
     example = torch.randn(2, 1, 28, 28)
     lsuv_batch = xtr[torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed + 1))[:BN_BATCH]]
     res: dict = {"protocol": {"eval_steps": list(eval_steps), "test_images": len(xte), "lr": LR,
@@ -328,12 +317,15 @@ def run(ghn: GHN, device: torch.device, quick: bool = False, lm: bool = True, in
             del model
         res["image"][arch.name] = row
     if lm:
-        data = fortunes_bytes()
-        split = int(0.9 * len(data))
+        from train.data import VAL_FRACTION, fortunes_bytes
+
+        data = fortunes_bytes(fortunes_dir)
+        split = int(len(data) * (1 - VAL_FRACTION))  # the validation tail of meta-training
         lm_train, lm_val = data[:split].to(device), data[split:].to(device)
         lm_steps = lm_steps or ((0, 20) if quick else (0, 100, 500))
         res["protocol"]["lm"] = {"steps": list(lm_steps), "optimizer": "AdamW lr 1e-3", "batch": 16,
-                                 "data": f"{len(data):,} bytes of fortunes, last 10% for validation"}
+                                 "data": f"{len(data):,} bytes of fortunes, validation = the last "
+                                 f"{100 * VAL_FRACTION:.0f} % (as in meta-training)"}
         for arch in lm_archs(quick, seed=seed):
             row = {"family": arch.family, "heldout": arch.heldout, "spec": arch.spec, "inits": {}}
             seq_len = arch.spec["hparams"]["seq_len"] if arch.spec else 64
@@ -465,6 +457,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-lm", action="store_true", help="skip the language models")
     p.add_argument("--inits", nargs="*", default=list(INIT_NAMES), choices=INIT_NAMES)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fmnist-dir", type=Path, default=None,
+                   help="Fashion-MNIST idx .gz files (default: $GHN_FMNIST_DIR or the Debian package's directory)")
+    p.add_argument("--fortunes-dir", type=Path, default=None,
+                   help="fortune text files (default: $GHN_FORTUNES_DIR or the Debian package's directory)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ghn").setLevel(logging.ERROR)
@@ -473,7 +469,8 @@ def main(argv: list[str] | None = None) -> None:
     label = ghn_label(ghn, args.ghn)
     env = env_info(device)
     t = time.perf_counter()
-    res = run(ghn, device, args.quick, lm=not args.no_lm, inits=tuple(args.inits), seed=args.seed)
+    res = run(ghn, device, args.quick, lm=not args.no_lm, inits=tuple(args.inits), seed=args.seed,
+              fmnist_dir=args.fmnist_dir, fortunes_dir=args.fortunes_dir)
     res.update(env=env, ghn=label, quick=args.quick, seconds=time.perf_counter() - t)
     name = "quality_quick" if args.quick else "quality"
     plot(res, args.out / f"{name}.png")

@@ -8,6 +8,7 @@ import torch.nn as nn
 from benchmarks import memory, quality, size, speed
 from benchmarks.common import md_table, write_results
 from ghn import GHN, GHNConfig
+from train.data import fmnist_dir
 
 TINY_GPT = dict(n_embd=8, n_layer=1, n_head=2, vocab_size=32, n_positions=16)
 
@@ -132,7 +133,7 @@ def test_lm_protocol_and_report(ghn, tmp_path):
     assert (tmp_path / "q.png").stat().st_size > 1000
 
 
-@pytest.mark.skipif(not quality.FMNIST_DIR.is_dir(), reason="Fashion-MNIST idx files not installed")
+@pytest.mark.skipif(not fmnist_dir().is_dir(), reason="Fashion-MNIST idx files not installed")
 def test_fashion_mnist_loader():
     x, y = quality.fashion_mnist("test", limit=100)
     assert x.shape == (100, 1, 28, 28) and y.shape == (100,) and 0 <= int(y.min()) and int(y.max()) <= 9
