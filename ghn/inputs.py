@@ -61,7 +61,7 @@ def default_example_inputs(model: nn.Module) -> torch.Tensor | dict:
         # models built with in_chans=... also keep the pretrained channel count: the first conv knows better
         first_conv = next((m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)), None)
         c = getattr(first_conv, "in_channels", c)
-        return torch.randn(BATCH, c, h, w)
+        return torch.randn(BATCH, c, h, w, dtype=_float_dtype(model))
     hf_config = getattr(model, "config", None)
     if hf_config is not None and hasattr(hf_config, "to_dict"):
         return _transformers_inputs(model, hf_config)
@@ -84,7 +84,8 @@ def _transformers_inputs(model: nn.Module, config: Any) -> dict:
     elif main == "pixel_values":
         size = getattr(config, "image_size", 224)
         size = size if isinstance(size, int) else size[0]
-        inputs["pixel_values"] = torch.randn(BATCH, getattr(config, "num_channels", 3), size, size)
+        inputs["pixel_values"] = torch.randn(BATCH, getattr(config, "num_channels", 3), size, size,
+                                             dtype=_float_dtype(model))
     else:
         raise ExampleInputError(
             f"{type(model).__name__} takes '{main}' as its main input, for which ghn has no default; "
@@ -92,3 +93,8 @@ def _transformers_inputs(model: nn.Module, config: Any) -> dict:
     if getattr(config, "use_cache", False):
         inputs["use_cache"] = False  # a KV cache adds outputs and work, and is not part of the computation graph
     return inputs
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating parameter (float32 if none): default inputs match the model."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)

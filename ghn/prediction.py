@@ -13,11 +13,11 @@ import torch
 import torch.nn as nn
 
 from .binding import CoverageReport
-from .errors import ExampleInputError, GHNError
+from .errors import DeviceError, ExampleInputError, GHNError, GraphError
 from .graph import Graph
 
 __all__ = ["Prediction", "check_prediction", "write_params", "materialize", "reinit_classifier",
-           "recalibrate_bn", "classifier_module"]
+           "recalibrate_bn", "classifier_module", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,18 +57,32 @@ class Prediction(Mapping[str, torch.Tensor]):
 
 
 def check_prediction(model: nn.Module, params: Mapping[str, torch.Tensor]) -> None:
-    """Raise before anything is written if a tensor does not fit its parameter or is not finite."""
+    """Raise before anything is written if a tensor does not fit its parameter or is not finite.
+
+    Finiteness is checked in the parameter's own dtype too: a value that fits fp32 but not fp16 would become Inf.
+
+    Raises:
+        GraphError: a name or shape that is not the model's (the graph was built from another model).
+        GHNError: non-finite values.
+    """
     own = dict(model.named_parameters())
     for name, t in params.items():
         if name not in own:
-            raise GHNError(f"predicted tensor {name!r} is not a parameter of {type(model).__name__}; the graph was "
-                           "built from another model — build it from this one")
-        if tuple(own[name].shape) != tuple(t.shape):
-            raise GHNError(f"predicted {name} has shape {tuple(t.shape)} but the model's is "
-                           f"{tuple(own[name].shape)}; the graph was built from another model")
+            raise GraphError(f"predicted tensor {name!r} is not a parameter of {type(model).__name__}; the graph "
+                             "was built from another model — build it from this one")
+        p = own[name]
+        if tuple(p.shape) != tuple(t.shape):
+            raise GraphError(f"predicted {name} has shape {tuple(t.shape)} but the model's is "
+                             f"{tuple(p.shape)}; the graph was built from another model")
         if not torch.isfinite(t).all():
             raise GHNError(f"predicted {name} has non-finite values; the GHN checkpoint is broken (re-train or "
                            "re-download it)")
+        if p.is_floating_point() and t.numel() and torch.finfo(p.dtype).max < torch.finfo(t.dtype).max:
+            biggest = t.detach().abs().max().item()
+            if biggest > torch.finfo(p.dtype).max:
+                raise GHNError(f"predicted {name} has values up to {biggest:.3g}, beyond the range of the model's "
+                               f"{str(p.dtype).replace('torch.', '')}; predict into a float32 copy of the model "
+                               "(model.float()) and cast it afterwards")
 
 
 @torch.no_grad()
@@ -86,8 +100,14 @@ def materialize(model: nn.Module, device: torch.device | str) -> list[str]:
     Returns:
         names of buffers that were on ``meta`` and could not be re-created (left zero).
     """
+    device = resolve_device(device)
     meta_buffers = [n for n, b in model.named_buffers() if b.is_meta]
-    model.to_empty(device=device)
+    try:
+        model.to_empty(device=device)
+    except (RuntimeError, AssertionError) as e:  # e.g. CUDA asked for on a machine without it, out of memory
+        raise DeviceError(f"could not allocate {type(model).__name__} on {device} ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); pass device='cpu' or a device this machine "
+                          "has") from e
     unknown = []
     for name, module in model.named_modules():
         own = [n for n, b in module.named_buffers(recurse=False) if f"{name}.{n}".lstrip(".") in meta_buffers]
@@ -106,6 +126,32 @@ def materialize(model: nn.Module, device: torch.device | str) -> list[str]:
                 getattr(module, n).zero_()
             unknown += [f"{name}.{n}".lstrip(".") for n in own]
     return unknown
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """``device`` as a ``torch.device`` that exists on this machine (``None``: CPU).
+
+    Raises:
+        DeviceError: a malformed device string, or a device this machine does not have (e.g. ``"cuda"`` without a
+            GPU), with the devices that are available.
+    """
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DeviceError(f"{device!r} is not a device ({e}); use 'cpu', 'cuda', 'cuda:1', 'mps', ...") from e
+    if dev.type in ("cpu", "meta"):
+        return dev
+    module = getattr(torch, dev.type, None)
+    available = bool(module is not None and hasattr(module, "is_available") and module.is_available())
+    if available and dev.index is not None and hasattr(module, "device_count"):
+        available = dev.index < module.device_count()
+    if not available:
+        have = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        raise DeviceError(f"device {str(dev)!r} is not available on this machine (available: {', '.join(have)}); "
+                          "pass device='cpu' or one of those")
+    return dev
 
 
 def classifier_module(model: nn.Module, graph: Graph) -> tuple[str, nn.Module] | None:
@@ -130,36 +176,68 @@ def reinit_classifier(model: nn.Module, graph: Graph) -> str | None:
 def recalibrate_bn(model: nn.Module, data: Iterable, max_batches: int = 20) -> int:
     """Reset BatchNorm running statistics and recompute them as a cumulative average over ``data``.
 
-    ``data`` yields inputs (a tensor, a tuple whose first item is the input, or a dict of keyword inputs).
-    Returns the number of batches used.
+    ``data`` yields inputs (a tensor, a tuple whose first item is the input, or a dict of keyword inputs); they are
+    moved to the model's device, and floating inputs cast to its dtype. Returns the number of batches used.
+
+    Raises:
+        ExampleInputError: ``data`` is not iterable, yields no batch, or the model fails on a batch. The running
+            statistics are then restored to what they were before the call (nothing half-recalibrated).
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return 0
+    try:
+        batches = iter(data)
+    except TypeError:
+        raise ExampleInputError(f"bn_data must be an iterable of input batches (e.g. a DataLoader), got "
+                                f"{type(data).__name__}") from None
     modes = {m: m.training for m in model.modules()}
     momenta = {m: m.momentum for m in bns}
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    saved = {m: {k: b.clone() for k, b in m.named_buffers(recurse=False)} for m in bns}
+    first = next((p for p in model.parameters() if p.is_floating_point()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None else None
+
+    def to_model(x):
+        if not isinstance(x, torch.Tensor):
+            raise ExampleInputError(f"bn_data yielded a {type(x).__name__}; each batch must be a tensor, a "
+                                    "(input, target) tuple or a dict of keyword tensors")
+        return x.to(device=device, dtype=dtype if x.is_floating_point() and dtype is not None else None)
+
     n = 0
+    ok = False
     try:
         for m in bns:
             m.reset_running_stats()
             m.momentum = None  # cumulative moving average: every batch counts equally
         model.train()
-        for batch in data:
+        for batch in batches:
             if n >= max_batches:
                 break
-            if isinstance(batch, dict):
-                model(**{k: v.to(device) for k, v in batch.items()})
-            else:
-                x = batch[0] if isinstance(batch, tuple | list) else batch
-                model(x.to(device))
+            try:
+                if isinstance(batch, dict):
+                    model(**{k: to_model(v) if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+                else:
+                    model(to_model(batch[0] if isinstance(batch, tuple | list) and batch else batch))
+            except GHNError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the user's data or model: report it typed, with the batch
+                raise ExampleInputError(
+                    f"bn='recalibrate': {type(model).__name__} failed on batch {n} of bn_data ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}); pass batches the model's forward() accepts "
+                    "(the running statistics were left unchanged)") from e
             n += 1
+        if n == 0:
+            raise ExampleInputError("bn='recalibrate' needs data: bn_data yielded no batch; pass an iterable of "
+                                    "input batches (e.g. a DataLoader over training images)")
+        ok = True
     finally:
         for m, momentum in momenta.items():
             m.momentum = momentum
         for m, training in modes.items():
             m.training = training
-    if n == 0:
-        raise ExampleInputError("bn='recalibrate' needs data: bn_data yielded no batch; pass an iterable of "
-                                "input batches (e.g. a DataLoader over training images)")
+        if not ok:
+            for m, buffers in saved.items():
+                for k, b in buffers.items():
+                    getattr(m, k).copy_(b)
     return n

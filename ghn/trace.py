@@ -192,10 +192,15 @@ def _describe(x: Any) -> str:
 
 
 def _input_error(model: nn.Module, args: tuple, kwargs: dict, err: Exception) -> ExampleInputError:
+    from .inputs import default_example_inputs
     expected = ""
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
-    if isinstance(cfg, dict) and cfg.get("input_size"):
-        expected = f" The model declares input_size={tuple(cfg['input_size'])} (add a batch dimension first)."
+    try:  # what the model declares (timm pretrained_cfg, transformers config), adjusted to in_chans / img_size
+        declared = default_example_inputs(model)
+        if isinstance(declared, torch.Tensor):
+            expected = (f" The model declares input_size={tuple(declared.shape[1:])} (so e.g. "
+                        f"{_describe(declared)}; leave example_inputs=None to use it).")
+    except Exception:  # noqa: BLE001 - only a hint
+        pass
     first = next((m for m in model.modules()
                   if isinstance(m, nn.modules.conv._ConvNd | nn.Linear | nn.Embedding | nn.EmbeddingBag)), None)
     if not expected and isinstance(first, nn.Embedding | nn.EmbeddingBag):
