@@ -1,0 +1,206 @@
+"""Zero-shot evaluation of predicted parameters on held-out architectures (the protocol of DESIGN.md).
+
+Image protocol: initialise the model (``ghn.predict`` or its own default init), then, if it has BatchNorm, reset the
+running statistics and recompute them from 20 training batches of 128 images in train mode (cumulative average,
+``momentum=None``), switch to eval mode and measure top-1 accuracy on the Fashion-MNIST test images (all 10,000
+unless a prefix is asked for). No other training. The BatchNorm batches are the same for every initialisation.
+
+LM protocol: next-byte cross-entropy (nats) on fixed windows of the fortunes validation split, in eval mode.
+
+Command line (compares predicted vs default init on held-out archs of model_zoo, writes JSON)::
+
+    python -m train.evaluate --ghn checkpoints/ghn-fmnist --archs 24 --out eval.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ghn import GHN
+from ghn.errors import GHNError
+from ghn.prediction import recalibrate_bn
+
+from .data import fashion_mnist, fortunes_bytes, normalize, stream_seed
+
+__all__ = ["ImageEvalData", "bn_batches", "accuracy", "zero_shot_accuracy", "lm_loss", "evaluate_archs",
+           "eval_specs", "summarize", "main"]
+
+logger = logging.getLogger(__name__)
+
+BN_BATCHES, BN_BATCH_SIZE = 20, 128  # BatchNorm recalibration protocol
+
+
+@dataclass
+class ImageEvalData:
+    """Normalised Fashion-MNIST tensors for evaluation.
+
+    Shapes:
+        train_x: (60000, 1, 28, 28) float (only the BatchNorm batches are read); test_x: (N, 1, 28, 28) float;
+        test_y: (N,) int64.
+    """
+
+    train_x: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    @classmethod
+    def load(cls, data_dir: str | None = None, test_images: int | None = None) -> ImageEvalData:
+        """All training images and the first ``test_images`` test images (None: all 10,000)."""
+        train_x, _ = fashion_mnist("train", data_dir)
+        test_x, test_y = fashion_mnist("test", data_dir, limit=test_images)
+        return cls(normalize(train_x), normalize(test_x), test_y)
+
+
+def bn_batches(train_x: torch.Tensor, n: int = BN_BATCHES, batch_size: int = BN_BATCH_SIZE,
+               seed: int = 0) -> Iterator[torch.Tensor]:
+    """``n`` batches of ``batch_size`` training images, from a permutation seeded by ``seed`` alone (so every
+    initialisation of every arch is recalibrated on the same images)."""
+    g = torch.Generator().manual_seed(stream_seed("bn-recalibration", seed))
+    idx = torch.randperm(len(train_x), generator=g)[:n * batch_size]
+    for i in range(n):
+        yield train_x[idx[i * batch_size:(i + 1) * batch_size]]
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
+    """Top-1 accuracy (%) of ``model`` (in its current mode) on ``(x, y)``, batched, on the model's device."""
+    device = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i:i + batch_size].to(device))
+        correct += (logits.argmax(1).cpu() == y[i:i + batch_size]).sum().item()
+    return 100.0 * correct / max(1, len(x))
+
+
+def zero_shot_accuracy(model: nn.Module, data: ImageEvalData, *, seed: int = 0) -> float:
+    """Test accuracy (%) of an initialised model with no training, by the protocol in the module docstring.
+
+    Args:
+        model: an image model ``(B, 1, 28, 28) -> (B, 10)`` whose parameters are already set (predicted or
+            default). Its BatchNorm statistics are recomputed; it is left in eval mode.
+        data: the evaluation tensors.
+        seed: picks the BatchNorm batches (keep it fixed when comparing initialisations).
+
+    Example:
+        >>> data = ImageEvalData.load()
+        >>> zero_shot_accuracy(ghn.predict(spec.build(), spec.example_inputs()), data)
+    """
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        recalibrate_bn(model, bn_batches(data.train_x, seed=seed))  # resets, momentum=None, train mode, restores
+    model.eval()
+    return accuracy(model, data.test_x, data.test_y)
+
+
+@torch.no_grad()
+def lm_loss(model: nn.Module, val: torch.Tensor, seq_len: int, windows: int = 64, seed: int = 0) -> float:
+    """Mean next-byte cross-entropy (nats) on ``windows`` fixed windows of ``val`` (1-D byte tensor), eval mode."""
+    g = torch.Generator().manual_seed(stream_seed("lm-eval", seed))
+    starts = torch.randint(0, len(val) - seq_len - 1, (windows,), generator=g)
+    win = val[starts[:, None] + torch.arange(seq_len + 1)]
+    device = next(model.parameters()).device
+    model.eval()
+    out = model(win[:, :-1].to(device))
+    logits = (out.logits if hasattr(out, "logits") else out).float().cpu()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), win[:, 1:].reshape(-1)).item()
+
+
+def eval_specs(n: int, families: tuple[str, ...], constraints: dict[str, Any], seed: int = 0) -> dict:
+    """``n`` named held-out archs of model_zoo (never in the training split), alternating over ``families``."""
+    from model_zoo import heldout_archs
+    return heldout_archs(n, seed=seed, families=tuple(families), **constraints)
+
+
+def evaluate_archs(ghn: GHN, specs: dict, *, image_data: ImageEvalData | None = None,
+                   lm_val: torch.Tensor | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """Zero-shot metric of each spec with GHN-predicted vs default (seeded, random) initialisation.
+
+    Returns:
+        one row per arch: ``name``, ``family``, ``params``, and ``ghn`` / ``default`` (accuracy % for images,
+        validation loss in nats for LMs).
+    """
+    rows = []
+    for name, spec in specs.items():
+        row: dict[str, Any] = {"name": name, "family": spec.family, "params": spec.num_params()}
+        for init in ("ghn", "default"):
+            with torch.random.fork_rng(devices=[]):  # evaluation never moves the caller's RNG
+                model = spec.build(device="cpu")
+                if init == "ghn":
+                    ghn.predict(model, spec.example_inputs(batch_size=2))
+                if spec.task == "image":
+                    if image_data is None:
+                        raise GHNError("evaluate_archs: image archs need image_data=ImageEvalData.load()")
+                    row[init] = zero_shot_accuracy(model, image_data, seed=seed)
+                else:
+                    if lm_val is None:
+                        raise GHNError("evaluate_archs: LM archs need lm_val (the fortunes validation bytes)")
+                    row[init] = lm_loss(model, lm_val, spec.hparams["seq_len"], seed=seed)
+        rows.append(row)
+        logger.info("%s (%s, %d params): ghn %.2f, default %.2f", name, spec.family, row["params"], row["ghn"],
+                    row["default"])
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over archs (overall and per family) of the ``ghn`` and ``default`` columns."""
+    def means(rs):
+        return {k: round(statistics.fmean(r[k] for r in rs), 2) for k in ("ghn", "default")} | {"archs": len(rs)}
+    out = {"all": means(rows)} if rows else {}
+    for fam in sorted({r["family"] for r in rows}):
+        out[fam] = means([r for r in rows if r["family"] == fam])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n")[0],
+                                allow_abbrev=False)
+    p.add_argument("--ghn", default="checkpoints/ghn-fmnist", help="GHN directory or Hub repo id")
+    p.add_argument("--archs", type=int, default=24, help="number of held-out archs")
+    p.add_argument("--families", nargs="+", default=["cnn", "vit", "mlp"], help="model_zoo families")
+    p.add_argument("--max-params", type=int, default=100_000, help="largest arch (parameters)")
+    p.add_argument("--constraints", default="{}", help="extra sampler constraints (JSON)")
+    p.add_argument("--images", type=int, default=10_000, help="test images (a prefix of the test set)")
+    p.add_argument("--seed", type=int, default=0, help="selects the held-out archs and the BatchNorm batches")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default=None, help="write rows and summary as JSON here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        ghn = GHN.from_pretrained(args.ghn)
+        constraints = {"max_params": args.max_params, **json.loads(args.constraints)}
+        lm = all(f in ("gpt", "llama") for f in args.families)
+        if not lm:
+            constraints.update(input_shape=(1, 28, 28), num_classes=10)
+        specs = eval_specs(args.archs, tuple(args.families), constraints, seed=args.seed)
+        t0 = time.time()
+        if lm:
+            data = fortunes_bytes(args.data_dir)
+            rows = evaluate_archs(ghn, specs, lm_val=data[int(len(data) * 0.95):], seed=args.seed)
+        else:
+            rows = evaluate_archs(ghn, specs, image_data=ImageEvalData.load(args.data_dir, args.images),
+                                  seed=args.seed)
+    except (GHNError, json.JSONDecodeError) as e:
+        print(f"train.evaluate: error: {e}", file=sys.stderr)
+        return 1
+    summary = summarize(rows)
+    result = {"ghn": args.ghn, "archs": args.archs, "families": args.families, "constraints": constraints,
+              "test_images": args.images, "seed": args.seed, "seconds": round(time.time() - t0, 1),
+              "summary": summary, "rows": rows}
+    print(json.dumps(summary, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,375 @@
+"""The meta-training loop (GHN-3 / LoGAH style).
+
+One step, on every rank:
+
+1. take the step's meta-batch of ``M`` archs (sampled from model_zoo's training split, graphs built ahead of time
+   by the prefetch thread or DataLoader workers) and the step's shared data batch ``(x, y)``;
+2. predict all their parameters at once: ``preds = ghn(graphs)`` (differentiable, no copies into modules);
+3. run each arch on ``x`` with its predicted parameters via ``torch.func.functional_call``;
+4. ``loss = mean_a task_loss_a + gamma * mean_a sum_W ||W||_F`` (GHN-3's penalty keeps predictions small);
+5. if the loss is finite on every rank: backward into the GHN (DDP averages gradients), clip, AdamW step;
+   otherwise (or if the gradient norm is not finite) the step is skipped on all ranks and counted;
+6. the warm-up + cosine learning-rate schedule advances either way (it is a function of the step index).
+
+Everything a step consumes is a pure function of the config, the rank and the step index, or is restored from
+the checkpoint (GHN, optimizer, schedule, RNG states, arch-stream positions), so on CPU a resumed run ends with
+exactly the weights of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from ghn import GHN, GHNConfig, Graph
+from ghn.decoder import ParamQuery
+from ghn.errors import ConfigError
+
+from .checkpoint import (CONFIG_YAML, LATEST, Checkpoint, clean_partial_saves, git_hash, load_checkpoint,
+                         load_optimizer_state, optimizer_state, save_checkpoint)
+from .config import TrainConfig
+from .distributed import DistInfo, all_gather_objects, all_reduce_sum, init_distributed, shutdown
+from .metrics import MetricsLog
+from .prefetch import Prefetcher
+from .tasks import Task, make_task
+
+__all__ = ["train", "Predictor", "lr_lambda", "zoo_constraints", "ghn_config"]
+
+logger = logging.getLogger(__name__)
+
+
+# ---- pieces ----------------------------------------------------------------------------------------------------------
+def ghn_config(cfg: TrainConfig) -> GHNConfig:
+    """The GHN's architecture from the run config (preset + overrides)."""
+    return GHNConfig.preset(cfg.ghn_preset, **cfg.ghn_overrides)
+
+
+def zoo_constraints(cfg: TrainConfig, task: Task) -> dict[str, Any]:
+    """Sampler constraints: the task's shapes, the size limit, then the user's extra constraints.
+
+    ``cfg.zoo_constraints`` is either shared by all families (``{max_depth: 4}``) or per family
+    (``{cnn: {max_nodes: 2}, vit: {max_tokens: 49}}``, when every key is a family name), as model_zoo's
+    ArchDataset takes them.
+    """
+    base = {**task.constraints(), "max_params": cfg.max_params}
+    extra = cfg.zoo_constraints
+    if extra and set(extra) <= set(cfg.families):
+        return {f: {**base, **extra.get(f, {})} for f in cfg.families}
+    return {**base, **extra}
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Multiplier of ``cfg.lr`` at step ``s``: linear warm-up to 1, then cosine decay to ``min_lr_ratio``."""
+    def f(s: int) -> float:
+        if s < cfg.warmup_steps:
+            return (s + 1) / cfg.warmup_steps
+        t = min(1.0, (s - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    return f
+
+
+class Predictor(nn.Module):
+    """``ghn(graphs)``, optionally with the graph encoder under bf16 autocast and the decoder kept in fp32.
+
+    A module of its own so that DDP wraps the whole differentiable prediction (DDP hooks need ``forward``).
+
+    Shapes:
+        graphs: list of B graphs → list of B dicts ``{name: fp32 tensor of the parameter's shape}``.
+    """
+
+    def __init__(self, ghn: GHN, amp: bool = False):
+        super().__init__()
+        self.ghn, self.amp = ghn, amp
+
+    def forward(self, graphs: list[Graph]) -> list[dict[str, torch.Tensor]]:
+        if not self.amp:
+            return self.ghn(graphs)
+        dev = self.ghn.device.type
+        with torch.autocast(dev, dtype=torch.bfloat16):
+            hs = self.ghn.embed(graphs)
+        # The decoder's products set every predicted value: bf16 would round them to 8 bits of mantissa.
+        with torch.autocast(dev, enabled=False):
+            return [{info.name: w for info, w in
+                     self.ghn.decoder.decode(h.float(), [ParamQuery(i, info) for i, info in g.params])}
+                    for g, h in zip(graphs, hs)]
+
+
+@dataclass
+class StepInputs:
+    """What one step consumes, prepared off the main thread: the archs' samples and the shared data batch."""
+
+    samples: list  # model_zoo.ArchSample (spec + graph)
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+@dataclass
+class Counters:
+    skipped: int = 0  # steps whose loss or gradient was not finite
+    archs: int = 0  # archs trained on (all ranks)
+    window: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, **values: float) -> None:
+        for k, v in values.items():
+            self.window.setdefault(k, []).append(v)
+
+    def pop_means(self) -> dict[str, float]:
+        out = {k: sum(v) / len(v) for k, v in self.window.items() if v}
+        self.window.clear()
+        return out
+
+
+# ---- the run ---------------------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
+    """Meta-train a GHN as configured; returns a summary (final step, last losses, skipped steps, out dir).
+
+    Runs in-process, or as one rank of a ``torchrun`` job (see :mod:`train.distributed`).
+
+    Raises:
+        ConfigError: an invalid config or data directory; CheckpointError: an unusable ``cfg.resume``.
+    """
+    info = init_distributed(cfg.device)
+    try:
+        return _train(cfg, info, command)
+    finally:
+        shutdown(info)
+
+
+def _train(cfg: TrainConfig, info: DistInfo, command: str | None) -> dict[str, Any]:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    ckpt: Checkpoint | None = load_checkpoint(cfg.resume) if cfg.resume else None
+    if ckpt is None and (out / LATEST).exists():
+        raise ConfigError(f"{out} already holds a run (its {LATEST} exists); continue it with --resume {out} or "
+                          "write to a new --out directory")
+    if ckpt is not None and int(ckpt.state.get("world_size", 1)) != info.world_size:
+        raise ConfigError(f"{ckpt.path} was written by {ckpt.state.get('world_size')} processes; resume it with "
+                          f"the same number (got {info.world_size}): each rank continues its own arch stream")
+
+    torch.manual_seed(cfg.seed)  # the same GHN init on every rank (DDP also broadcasts rank 0's weights)
+    ghn = GHN(ghn_config(cfg)).to(info.device)
+    task = make_task(cfg, info.rank)
+    _set_metadata(ghn, cfg, command)
+    decay = [p for p in ghn.parameters() if p.ndim >= 2]  # no weight decay on gains, biases and norms
+    rest = [p for p in ghn.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    counters = Counters()
+    start = 0
+    arch_state = None
+    if ckpt is not None:
+        start, arch_state = _restore(ckpt, ghn, opt, sched, counters, cfg, info)
+    ghn.train()
+
+    archs = _arch_iterator(cfg, task, info, arch_state)
+
+    def prepare(step: int) -> StepInputs:
+        samples = [next(archs) for _ in range(cfg.meta_batch)]
+        x, y = task.batch(step)
+        return StepInputs(samples, x, y)
+
+    predictor: nn.Module = Predictor(ghn, cfg.amp)
+    if info.distributed:
+        predictor = DDP(predictor, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+                        forward_sync_buffers=False)  # the GHN's buffers are constants (index codes, role offsets)
+
+    metrics = MetricsLog(out, start, enabled=info.is_main, resumed_from=ckpt.path.parent if ckpt else None)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        clean_partial_saves(out)
+        (out / CONFIG_YAML).write_text(cfg.to_yaml())
+    last: dict[str, float] = {}
+    bar = tqdm(total=cfg.steps, initial=start, disable=not info.is_main, desc="meta-train", unit="step",
+               dynamic_ncols=True, file=sys.stderr)
+    busy, n_window = 0.0, 0  # seconds spent in steps (data wait included; checkpoints and evaluation not)
+    arch_pos = arch_state[info.rank] if arch_state else None
+    with Prefetcher(prepare, start, cfg.prefetch) as prefetch:
+        for step in range(start, cfg.steps):
+            t0 = time.perf_counter()
+            inp = prefetch.get(step)
+            t_data = time.perf_counter() - t0
+            stats = _step(predictor, ghn, task, inp, opt, cfg, info, counters)
+            sched.step()
+            arch_pos = inp.samples[-1].state  # the stream position right after this step's archs
+            counters.add(**stats, data_wait_s=t_data)
+            busy += time.perf_counter() - t0
+            n_window += 1
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                last = counters.pop_means()
+                last.update(archs_per_s=n_window * cfg.meta_batch * info.world_size / busy,
+                            lr=sched.get_last_lr()[0], skipped=counters.skipped)
+                metrics.write(done, last)
+                bar.set_postfix(loss=f"{last.get('loss', float('nan')):.3f}",
+                                archs_s=f"{last['archs_per_s']:.1f}", skipped=counters.skipped)
+                busy, n_window = 0.0, 0
+            bar.update(1)
+            if cfg.eval_archs and info.is_main and (done == cfg.steps or cfg.eval_every and done % cfg.eval_every == 0):
+                metrics.write(done, _evaluate(ghn, cfg, task))
+            if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                _save(out, done, ghn, opt, sched, counters, cfg, info, arch_pos, command)
+                if info.is_main:
+                    metrics.plot()
+    bar.close()
+    if start >= cfg.steps:  # nothing left to do (resumed at the end): still leave a checkpoint of the final state
+        _save(out, cfg.steps, ghn, opt, sched, counters, cfg, info, arch_pos, command)
+    return {"step": cfg.steps, "out": str(out), "skipped": counters.skipped, **last}
+
+
+def _step(predictor: nn.Module, ghn: GHN, task: Task, inp: StepInputs, opt: torch.optim.Optimizer,
+          cfg: TrainConfig, info: DistInfo, counters: Counters) -> dict[str, float]:
+    """One meta-training step (see the module docstring); returns the rank-averaged losses and metrics."""
+    dev = info.device
+    x, y = inp.x.to(dev, non_blocking=True), inp.y.to(dev, non_blocking=True)
+    # Modules are built here, not in the prefetch thread: their seeded init forks the global RNG, which must not
+    # interleave with this thread's use of it (dropout), or runs would stop being reproducible.
+    models = [s.spec.build(device=dev).train() for s in inp.samples]
+    preds = predictor([s.graph for s in inp.samples])
+    task_losses, regs, extra = [], [], {}
+    for model, params in zip(models, preds):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            loss, m = task.loss(model, params, x, y)
+        task_losses.append(loss)
+        regs.append(sum(w.norm() for w in params.values()))  # sum of Frobenius norms of the predicted tensors
+        for k, v in m.items():
+            extra[k] = extra.get(k, 0.0) + v / len(models)
+    task_loss = torch.stack(task_losses).mean()
+    reg = torch.stack(regs).mean()
+    loss = task_loss + cfg.gamma * reg
+    # One collective for the logged values and the skip decision, so all ranks skip (or not) together.
+    finite = torch.isfinite(loss).float()
+    vec = torch.stack([torch.nan_to_num(t.detach().float(), nan=0.0, posinf=0.0, neginf=0.0)
+                       for t in (loss, task_loss, reg)] + [finite])
+    vec = all_reduce_sum(vec.to(dev), info).cpu()
+    counters.archs += len(models) * info.world_size
+    n_finite = int(vec[3].item())
+    opt.zero_grad(set_to_none=True)
+    grad_norm = float("nan")
+    if n_finite == info.world_size:
+        loss.backward()
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(ghn.parameters(), max_norm))
+        if math.isfinite(grad_norm):
+            opt.step()
+        else:
+            logger.warning("non-finite gradient norm: step skipped")
+            counters.skipped += 1
+    else:
+        logger.warning("non-finite loss on %d of %d processes: step skipped", info.world_size - n_finite,
+                       info.world_size)
+        counters.skipped += 1
+    opt.zero_grad(set_to_none=True)
+    out = {"grad_norm": grad_norm, **extra}
+    if n_finite == info.world_size:  # a skipped step's losses would turn the logged means into NaN
+        out.update(loss=vec[0].item() / info.world_size, task_loss=vec[1].item() / info.world_size,
+                   reg=vec[2].item() / info.world_size)
+    return out
+
+
+def _arch_iterator(cfg: TrainConfig, task: Task, info: DistInfo, state: list[dict] | None) -> Iterator:
+    """This rank's stream of training archs, positioned where the checkpoint left it."""
+    from model_zoo import ArchDataset
+
+    ds = ArchDataset(families=tuple(cfg.families), split="train", seed=cfg.seed,
+                     constraints=zoo_constraints(cfg, task), cache_dir=cfg.graph_cache, rank=info.rank,
+                     world_size=info.world_size)
+    if state is not None:
+        ds.load_state_dict(state[info.rank])
+    if cfg.workers == 0:
+        return iter(ds)
+    # Created here, in the main thread, so worker processes are forked before the prefetch thread starts.
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.workers,
+                                         prefetch_factor=max(2, cfg.meta_batch), persistent_workers=False)
+    return iter(loader)
+
+
+def _save(out: Path, step: int, ghn: GHN, opt, sched, counters: Counters, cfg: TrainConfig, info: DistInfo,
+          arch_pos: dict | None, command: str | None) -> None:
+    """Gather every rank's RNG state and stream position; rank 0 writes the checkpoint."""
+    rng = {"cpu": torch.get_rng_state()}
+    if info.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(info.device)
+    gathered = all_gather_objects({"rng": rng, "arch": arch_pos}, info)
+    if not info.is_main:
+        return
+    tensors, opt_meta = optimizer_state(opt)
+    for r, g in enumerate(gathered):
+        for kind, t in g["rng"].items():
+            tensors[f"rng.{kind}.{r}"] = t
+    ghn.config.trained = step > 0
+    ghn.config.notes = _notes(cfg, step, command)
+    state = {"world_size": info.world_size, "optimizer": opt_meta, "scheduler": sched.state_dict(),
+             "arch_stream": [g["arch"] for g in gathered], "skipped": counters.skipped, "archs": counters.archs,
+             "git": git_hash(), "command": command}
+    path = save_checkpoint(out, step, ghn, state, tensors, cfg.to_yaml(), keep=cfg.keep_checkpoints)
+    logger.info("checkpoint %s", path)
+
+
+def _restore(ckpt: Checkpoint, ghn: GHN, opt, sched, counters: Counters, cfg: TrainConfig,
+             info: DistInfo) -> tuple[int, list[dict] | None]:
+    """Load GHN, optimizer, schedule, counters and this rank's RNG state; returns (step, arch stream states)."""
+    saved = GHN.from_pretrained(ckpt.path, device=info.device)  # strict; raises CheckpointError
+    ignore = {"trained", "notes", "num_classes", "input_shape"}  # metadata, not architecture
+    mine = {k: v for k, v in ghn.config.to_dict().items() if k not in ignore}
+    theirs = {k: v for k, v in saved.config.to_dict().items() if k not in ignore}
+    if mine != theirs:
+        diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+        raise ConfigError(f"{ckpt.path} holds a GHN with other sizes ({diff}); resume with its own ghn_preset / "
+                          "ghn_overrides (omit them and they are read from the checkpoint)")
+    ghn.load_state_dict(saved.state_dict())
+    load_optimizer_state(opt, ckpt.tensors, ckpt.state["optimizer"])
+    sched.load_state_dict(ckpt.state["scheduler"])
+    counters.skipped, counters.archs = int(ckpt.state.get("skipped", 0)), int(ckpt.state.get("archs", 0))
+    torch.set_rng_state(ckpt.tensors[f"rng.cpu.{info.rank}"])
+    if info.device.type == "cuda" and f"rng.cuda.{info.rank}" in ckpt.tensors:
+        torch.cuda.set_rng_state(ckpt.tensors[f"rng.cuda.{info.rank}"], info.device)
+    logger.info("resumed from %s at step %d", ckpt.path, ckpt.step)
+    return ckpt.step, ckpt.state.get("arch_stream")
+
+
+def _evaluate(ghn: GHN, cfg: TrainConfig, task: Task) -> dict[str, float]:
+    """Zero-shot metric on ``cfg.eval_archs`` held-out archs (rank 0 only; RNG untouched)."""
+    from .evaluate import ImageEvalData, evaluate_archs, eval_specs, summarize
+
+    constraints = zoo_constraints(cfg, task)
+    if set(constraints) <= set(cfg.families):  # per-family constraints: evaluate on the first family's limits
+        constraints = constraints[cfg.families[0]]
+    specs = eval_specs(cfg.eval_archs, tuple(cfg.families), constraints)
+    if cfg.task == "image":
+        rows = evaluate_archs(ghn, specs, image_data=ImageEvalData.load(cfg.data_dir, cfg.eval_images))
+        key = "eval_acc"
+    else:
+        rows = evaluate_archs(ghn, specs, lm_val=task.stream.val)
+        key = "eval_loss"
+    ghn.train()
+    s = summarize(rows)["all"]
+    return {f"{key}_ghn": s["ghn"], f"{key}_default": s["default"]}
+
+
+def _notes(cfg: TrainConfig, step: int, command: str | None) -> dict[str, Any]:
+    """Provenance written into the GHN's config.json and model card."""
+    data = ("Fashion-MNIST train (60k, 1x28x28, x = (pixel/255 - 0.2860) / 0.3530)" if cfg.task == "image"
+            else f"fortunes bytes (vocab 256, seq_len {cfg.seq_len})")
+    return {"task": cfg.task, "data": data, "zoo": f"{'+'.join(cfg.families)} train split, max_params "
+            f"{cfg.max_params}{', ' + json.dumps(cfg.zoo_constraints) if cfg.zoo_constraints else ''}",
+            "steps": step, "meta_batch": cfg.meta_batch, "batch_size": cfg.batch_size,
+            "command": command or "python -m train"}
+
+
+def _set_metadata(ghn: GHN, cfg: TrainConfig, command: str | None) -> None:
+    """Fill the GHN's metadata (what it is trained for) before anything is saved."""
+    if cfg.task == "image":
+        ghn.config.num_classes, ghn.config.input_shape = 10, [1, 28, 28]
+    ghn.config.notes = _notes(cfg, 0, command)
