@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import resource
 import subprocess
 import sys
@@ -89,13 +90,18 @@ def worker(config: dict, mode: str, ghn_name: str, device: str, out_dir: str | N
             raise SystemExit(f"ghn-predict exited with {rc}")
         files = sorted(p.name for p in Path(out_dir).glob("model*"))
         model = None
+        from safetensors import safe_open
+        saved = 0  # what the files hold: more than the model's parameters means tied weights were written twice
+        for f in Path(out_dir).glob("model*.safetensors"):
+            with safe_open(str(f), "pt") as st:
+                saved += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())
     else:
         raise ValueError(f"unknown mode {mode!r}")
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     # NOTE: a meta model materialised by ghn.predict loses its weight tying (to_empty), so count what it holds now
-    held = sum(p.numel() for p in model.parameters()) if model is not None else n
+    held = sum(p.numel() for p in model.parameters()) if model is not None else saved
     out = {"mode": mode, "params": n, "fp32_bytes": 4 * n, "params_after": held, "seconds": seconds,
            "baseline_rss": baseline, "peak_rss": _peak_rss_bytes(), "files": files}
     if torch.device(device).type == "cuda":

@@ -36,7 +36,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ghn import GHN
-from ghn.prediction import recalibrate_bn
+from train.data import stream_seed
+from train.evaluate import BN_BATCH_SIZE, BN_BATCHES, ImageEvalData, accuracy, bn_batches, lm_loss, \
+    zero_shot_accuracy
 
 from .common import add_common_args, env_info, ghn_label, load_ghn, md_table, setup, write_results
 
@@ -46,18 +48,7 @@ __all__ = ["PlainCNN", "Arch", "image_archs", "lm_archs", "lsuv_", "INITS", "eva
 logger = logging.getLogger(__name__)
 
 LR, MOMENTUM, BATCH = 0.05, 0.9, 64  # fine-tuning protocol
-BN_BATCHES, BN_BATCH = 20, 128  # BatchNorm recalibration protocol
 INIT_NAMES = ("ghn", "default", "lsuv")
-
-
-# ---- data (train.data: the loaders the GHN was meta-trained with) -------------------------------------------
-def fashion_mnist(split: str, data_dir: Path | None = None, limit: int | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised Fashion-MNIST ``(x (N, 1, 28, 28) float, y (N,) int64)``; ``limit`` keeps a prefix."""
-    from train.data import fashion_mnist as raw, normalize
-
-    pixels, labels = raw(split, data_dir, limit)
-    return normalize(pixels), labels
 
 
 # ---- architectures --------------------------------------------------------------------------------------------
@@ -199,98 +190,75 @@ def init_model(name: str, arch: Arch, ghn: GHN, device: torch.device, example: t
     return model, info
 
 
-# ---- image evaluation ------------------------------------------------------------------------------------------
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
-    """Test accuracy in % (eval mode); a non-finite output counts as wrong."""
-    model.eval()
-    correct = 0
-    for i in range(0, len(x), batch):
-        logits = model(x[i:i + batch])
-        ok = logits.argmax(1) == y[i:i + batch]
-        correct += (ok & torch.isfinite(logits).all(1)).sum().item()
-    return 100.0 * correct / len(x)
+# ---- image evaluation (zero-shot by train.evaluate, the meta-training's own protocol code) -----------------------
+def evaluate_image_arch(model: nn.Module, data: ImageEvalData, train_y: torch.Tensor, eval_steps: tuple[int, ...],
+                        seed: int = 0) -> dict:
+    """Zero-shot accuracy (``train.evaluate.zero_shot_accuracy``: BN recalibration, eval mode), then SGD fine-tuning
+    with test accuracy at ``eval_steps``.
 
-
-def has_bn(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-def evaluate_image_arch(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
-                        test: tuple[torch.Tensor, torch.Tensor], eval_steps: tuple[int, ...], seed: int = 0) -> dict:
-    """Zero-shot accuracy (after BN recalibration), then SGD fine-tuning with accuracy at ``eval_steps``.
-
-    The BN batches and the training order come from generators seeded by ``seed`` alone, so every init of an
-    arch sees exactly the same data.
+    The BN batches and the training order come from generators seeded by ``seed`` alone, so every init of an arch
+    sees exactly the same data.
 
     Returns:
-        ``{"acc": {step: %}, "loss": {step: train loss of the batch at that step}, "diverged": bool}``.
+        ``{"acc": {step: %}, "loss": {step: training loss of that step's batch}, "diverged": bool}``.
     """
-    xtr, ytr = train
-    g = torch.Generator().manual_seed(seed)
-    bn_idx = torch.randperm(len(xtr), generator=g)[:BN_BATCHES * BN_BATCH]
-    order = torch.randperm(len(xtr), generator=g)
-    if has_bn(model):
-        recalibrate_bn(model, (xtr[bn_idx[i:i + BN_BATCH]] for i in range(0, len(bn_idx), BN_BATCH)),
-                       max_batches=BN_BATCHES)
-    acc, losses = {0: accuracy(model, *test)}, {}
-    steps = max(eval_steps)
-    torch.manual_seed(seed)  # dropout etc.
+    xtr = data.train_x
+    acc, losses = {0: zero_shot_accuracy(model, data, seed=seed)}, {}
+    order = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(stream_seed("finetune", seed)))
+    torch.manual_seed(seed)  # dropout and anything else random in the forward pass
     opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     diverged = False
-    for step in range(1, steps + 1):
+    for step in range(1, max(eval_steps) + 1):
         model.train()
         i = ((step - 1) * BATCH) % (len(xtr) - BATCH + 1)
         idx = order[i:i + BATCH].to(xtr.device)
-        loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
+        loss = F.cross_entropy(model(xtr[idx]), train_y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if not math.isfinite(loss.item()):
             diverged = True
         if step in eval_steps:
-            acc[step] = accuracy(model, *test)
+            model.eval()
+            acc[step] = accuracy(model, data.test_x, data.test_y)
             losses[step] = loss.item()
     return {"acc": acc, "loss": losses, "diverged": diverged}
 
 
 # ---- language models -------------------------------------------------------------------------------------------
-@torch.no_grad()
-def lm_loss(model: nn.Module, data: torch.Tensor, seq_len: int, n_batches: int = 20, batch: int = 16) -> float:
-    """Mean next-byte cross-entropy (nats) over the first ``n_batches × batch`` non-overlapping windows of ``data``
-    (fewer if ``data`` is shorter)."""
-    model.eval()
-    n = min(n_batches * batch, len(data) // (seq_len + 1))
-    windows = data[:n * (seq_len + 1)].view(n, seq_len + 1)
-    total = 0.0
-    for win in windows.split(batch):
-        logits = model(input_ids=win[:, :-1]).logits
-        total += len(win) * F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), win[:, 1:].reshape(-1)).item()
-    return total / n
-
-
 def evaluate_lm_arch(model: nn.Module, train: torch.Tensor, val: torch.Tensor, seq_len: int,
                      eval_steps: tuple[int, ...], seed: int = 0, lr: float = 1e-3, batch: int = 16) -> dict:
-    """Validation loss at step 0 and after AdamW steps on random windows (same windows for every init)."""
-    g = torch.Generator().manual_seed(seed)
-    loss = {0: lm_loss(model, val, seq_len)}
+    """Validation loss (``train.evaluate.lm_loss``) at step 0 and after AdamW steps on random training windows
+    (the same windows for every init)."""
+    g = torch.Generator().manual_seed(stream_seed("finetune-lm", seed))
+    loss = {0: lm_loss(model, val, seq_len, seed=seed)}
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     torch.manual_seed(seed)
     for step in range(1, max(eval_steps) + 1):
         model.train()
-        starts = torch.randint(0, len(train) - seq_len - 1, (batch,), generator=g)
-        win = torch.stack([train[s:s + seq_len + 1] for s in starts.tolist()])
+        starts = torch.randint(0, len(train) - seq_len - 1, (batch,), generator=g).to(train.device)
+        win = train[starts[:, None] + torch.arange(seq_len + 1, device=train.device)]
         out = model(input_ids=win[:, :-1]).logits
-        l = F.cross_entropy(out.reshape(-1, out.shape[-1]), win[:, 1:].reshape(-1))
+        step_loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), win[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
-        l.backward()
+        step_loss.backward()
         opt.step()
         if step in eval_steps:
-            loss[step] = lm_loss(model, val, seq_len)
+            loss[step] = lm_loss(model, val, seq_len, seed=seed)
     return {"val_loss": loss}
 
 
 # ---- driver ---------------------------------------------------------------------------------------------------
+def load_image_data(device: torch.device, data_dir: Path | None = None, test_images: int | None = None
+                    ) -> tuple[ImageEvalData, torch.Tensor]:
+    """``ImageEvalData`` (normalised train images, test prefix) on ``device``, and the training labels."""
+    from train.data import fashion_mnist, normalize
+
+    train_px, train_y = fashion_mnist("train", data_dir)
+    test_px, test_y = fashion_mnist("test", data_dir, limit=test_images)
+    return ImageEvalData(normalize(train_px).to(device), normalize(test_px).to(device), test_y), train_y.to(device)
+
+
 def run(ghn: GHN, device: torch.device, quick: bool = False, lm: bool = True, inits: tuple[str, ...] = INIT_NAMES,
         archs: list[Arch] | None = None, test_limit: int | None = None, eval_steps: tuple[int, ...] | None = None,
         lm_steps: tuple[int, ...] | None = None, seed: int = 0, fmnist_dir: Path | None = None,
@@ -298,20 +266,19 @@ def run(ghn: GHN, device: torch.device, quick: bool = False, lm: bool = True, in
     """Evaluate every (arch, init); returns the JSON-able results."""
     eval_steps = eval_steps or ((0, 25, 100) if quick else (0, 25, 50, 100, 200, 500))
     test_limit = test_limit if test_limit is not None else (1000 if quick else None)
-    xtr, ytr = (t.to(device) for t in fashion_mnist("train", fmnist_dir))
-    xte, yte = (t.to(device) for t in fashion_mnist("test", fmnist_dir, limit=test_limit))
+    data, train_y = load_image_data(device, fmnist_dir, test_limit)
     example = torch.randn(2, 1, 28, 28)
-    lsuv_batch = xtr[torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed + 1))[:BN_BATCH]]
-    res: dict = {"protocol": {"eval_steps": list(eval_steps), "test_images": len(xte), "lr": LR,
-                              "momentum": MOMENTUM, "batch": BATCH, "bn_batches": BN_BATCHES, "bn_batch": BN_BATCH,
-                              "seed": seed}, "image": {}, "lm": {}}
+    lsuv_batch = next(bn_batches(data.train_x, seed=seed))  # LSUV sees one of the BN batches: no extra data
+    res: dict = {"protocol": {"eval_steps": list(eval_steps), "test_images": len(data.test_y), "lr": LR,
+                              "momentum": MOMENTUM, "batch": BATCH, "bn_batches": BN_BATCHES,
+                              "bn_batch": BN_BATCH_SIZE, "seed": seed}, "image": {}, "lm": {}}
     for arch in archs if archs is not None else image_archs(quick, seed=seed):
         row: dict = {"family": arch.family, "heldout": arch.heldout, "spec": arch.spec, "inits": {}}
         for name in inits:
             t = time.perf_counter()
             model, info = init_model(name, arch, ghn, device, example, lsuv_batch)
             row["params"] = sum(p.numel() for p in model.parameters())
-            out = evaluate_image_arch(model, (xtr, ytr), (xte, yte), eval_steps, seed)
+            out = evaluate_image_arch(model, data, train_y, eval_steps, seed)
             row["inits"][name] = {**info, **out, "seconds": time.perf_counter() - t}
             logger.info("%s %s: %s", arch.name, name, {k: round(v, 1) for k, v in out["acc"].items()})
             del model
@@ -319,12 +286,12 @@ def run(ghn: GHN, device: torch.device, quick: bool = False, lm: bool = True, in
     if lm:
         from train.data import VAL_FRACTION, fortunes_bytes
 
-        data = fortunes_bytes(fortunes_dir)
-        split = int(len(data) * (1 - VAL_FRACTION))  # the validation tail of meta-training
-        lm_train, lm_val = data[:split].to(device), data[split:].to(device)
+        text = fortunes_bytes(fortunes_dir)
+        split = int(len(text) * (1 - VAL_FRACTION))  # the validation tail of meta-training
+        lm_train, lm_val = text[:split].to(device), text[split:].to(device)
         lm_steps = lm_steps or ((0, 20) if quick else (0, 100, 500))
         res["protocol"]["lm"] = {"steps": list(lm_steps), "optimizer": "AdamW lr 1e-3", "batch": 16,
-                                 "data": f"{len(data):,} bytes of fortunes, validation = the last "
+                                 "data": f"{len(text):,} bytes of fortunes, validation = the last "
                                  f"{100 * VAL_FRACTION:.0f} % (as in meta-training)"}
         for arch in lm_archs(quick, seed=seed):
             row = {"family": arch.family, "heldout": arch.heldout, "spec": arch.spec, "inits": {}}

@@ -89,35 +89,40 @@ def test_lsuv_gives_unit_variance():
         assert model(x).var().item() == pytest.approx(1, abs=0.1)
 
 
+def synthetic_data(n_train=300, n_test=50):
+    torch.manual_seed(0)
+    data = quality.ImageEvalData(torch.randn(n_train, 1, 28, 28), torch.randn(n_test, 1, 28, 28),
+                                 torch.randint(0, 10, (n_test,)))
+    return data, torch.randint(0, 10, (n_train,))
+
+
 @pytest.mark.parametrize("init", quality.INIT_NAMES)
 def test_image_protocol_on_synthetic_data(ghn, init):
     arch = quality.Arch("tiny", "user", tiny_cnn, "test")
-    torch.manual_seed(0)
-    train = (torch.randn(300, 1, 28, 28), torch.randint(0, 10, (300,)))
-    test = (torch.randn(50, 1, 28, 28), torch.randint(0, 10, (50,)))
-    model, info = quality.init_model(init, arch, ghn, torch.device("cpu"), torch.randn(2, 1, 28, 28), train[0][:64])
+    data, train_y = synthetic_data()
+    model, info = quality.init_model(init, arch, ghn, torch.device("cpu"), torch.randn(2, 1, 28, 28),
+                                     data.train_x[:64])
     if init == "ghn":
         assert info["coverage"] == 1.0
-    out = quality.evaluate_image_arch(model, train, test, eval_steps=(0, 2, 3))
+    out = quality.evaluate_image_arch(model, data, train_y, eval_steps=(0, 2, 3))
     assert set(out["acc"]) == {0, 2, 3} and all(0 <= a <= 100 for a in out["acc"].values())
 
 
 def test_same_data_order_for_every_init():
     """Two runs from the same init give identical curves: data order and seeds do not depend on anything else."""
-    train = (torch.randn(300, 1, 28, 28), torch.randint(0, 10, (300,)))
-    test = (torch.randn(50, 1, 28, 28), torch.randint(0, 10, (50,)))
+    data, train_y = synthetic_data()
     runs = []
     for _ in range(2):
         torch.manual_seed(1)
-        runs.append(quality.evaluate_image_arch(tiny_cnn(), train, test, eval_steps=(0, 3))["loss"])
+        runs.append(quality.evaluate_image_arch(tiny_cnn(), data, train_y, eval_steps=(0, 3))["loss"])
     assert runs[0] == runs[1]
 
 
 def test_lm_protocol_and_report(ghn, tmp_path):
     model = speed.gpt2(**TINY_GPT)
     ghn.predict(model)
-    data = torch.randint(0, 32, (4000,))
-    out = quality.evaluate_lm_arch(model, data[:3000], data[3000:], seq_len=8, eval_steps=(0, 2))
+    text = torch.randint(0, 32, (4000,))
+    out = quality.evaluate_lm_arch(model, text[:3000], text[3000:], seq_len=8, eval_steps=(0, 2))
     assert set(out["val_loss"]) == {0, 2}
     acc = {"acc": {0: 10.0, 2: 20.0}, "loss": {}, "diverged": False}
     res = {"protocol": {"eval_steps": [0, 2], "test_images": 50, "lr": 0.05, "momentum": 0.9, "batch": 64,
@@ -134,7 +139,7 @@ def test_lm_protocol_and_report(ghn, tmp_path):
 
 
 @pytest.mark.skipif(not fmnist_dir().is_dir(), reason="Fashion-MNIST idx files not installed")
-def test_fashion_mnist_loader():
-    x, y = quality.fashion_mnist("test", limit=100)
-    assert x.shape == (100, 1, 28, 28) and y.shape == (100,) and 0 <= int(y.min()) and int(y.max()) <= 9
-    assert abs(float(x.mean())) < 0.5  # normalised
+def test_image_data_loader():
+    data, train_y = quality.load_image_data(torch.device("cpu"), test_images=100)
+    assert data.test_x.shape == (100, 1, 28, 28) and len(train_y) == len(data.train_x) == 60_000
+    assert abs(float(data.test_x.mean())) < 0.5  # normalised
