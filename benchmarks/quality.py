@@ -173,7 +173,7 @@ def init_model(name: str, arch: Arch, ghn: GHN, device: torch.device, example: t
         the model and info (``init_s``; ``coverage`` for the GHN).
     """
     with torch.device(device):
-        model = arch.build()
+        model = arch.build().to(device)  # zoo specs build on CPU (seeded init), then move
     info: dict = {}
     t = time.perf_counter()
     if name == "ghn":
@@ -288,7 +288,8 @@ def run(ghn: GHN, device: torch.device, quick: bool = False, lm: bool = True, in
 
         text = fortunes_bytes(fortunes_dir)
         split = int(len(text) * (1 - VAL_FRACTION))  # the validation tail of meta-training
-        lm_train, lm_val = text[:split].to(device), text[split:].to(device)
+        # train.evaluate.lm_loss moves its windows to the model's device itself: keep the validation bytes on CPU
+        lm_train, lm_val = text[:split].to(device), text[split:]
         lm_steps = lm_steps or ((0, 20) if quick else (0, 100, 500))
         res["protocol"]["lm"] = {"steps": list(lm_steps), "optimizer": "AdamW lr 1e-3", "batch": 16,
                                  "data": f"{len(text):,} bytes of fortunes, validation = the last "
@@ -298,7 +299,7 @@ def run(ghn: GHN, device: torch.device, quick: bool = False, lm: bool = True, in
             seq_len = arch.spec["hparams"]["seq_len"] if arch.spec else 64
             for name in ("ghn", "default"):
                 with torch.device(device):
-                    model = arch.build()
+                    model = arch.build().to(device)
                 if name == "ghn":
                     ghn.predict(model)
                 row["params"] = sum(p.numel() for p in model.parameters())
