@@ -185,8 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     res = run(args.ghn, str(device), args.quick, tuple(args.modes))
     env = env_info(device)
     md = to_markdown(res, env, label)
-    write_results(args.out, "memory_quick" if args.quick else "memory", {"results": res, "env": env, "ghn": label},
-                  md)
+    name = "memory" + ("_quick" if args.quick else "") + ("" if device.type == "cpu" else f"_{device.type}")
+    write_results(args.out, name, {"results": res, "env": env, "ghn": label}, md)
     print(md)
 
 

@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     env = env_info(device)
     res = run(ghn, device, args.quick, args.models, large=not args.no_large)
     res.update(env=env, ghn=label, quick=args.quick)
-    name = "speed_quick" if args.quick else "speed"
+    # timings are device-specific: a CUDA run gets its own files
+    name = "speed" + ("_quick" if args.quick else "") + ("" if device.type == "cpu" else f"_{device.type}")
     plot_scaling(res["scaling"], args.out / f"{name}_scaling.png")
     md = to_markdown(res, label, env)
     write_results(args.out, name, res, md)
