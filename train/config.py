@@ -74,6 +74,7 @@ class TrainConfig:
     min_lr_ratio: float = _f(0.05, "Optim", "final learning rate as a fraction of lr")
     grad_clip: float = _f(5.0, "Optim", "clip the GHN's gradient norm to this (0: no clipping)")
     gamma: float = _f(3e-5, "Optim", "weight of the predicted-parameter norm penalty (GHN-3: sum of ||W||_F)")
+    loss_clip: float = _f(10.0, "Optim", "an arch's task loss above this is scaled down to it (0: never)")
     amp: bool = _f(False, "Optim", "bf16 autocast for the graph encoder and the archs (decoder stays fp32)")
     # ---- Eval ------------------------------------------------------------------------------------------------------
     eval_every: int = _f(0, "Eval", "zero-shot evaluation on held-out archs every N steps (0: only at the end)")
@@ -92,7 +93,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("keep_checkpoints", "threads", "workers", "warmup_steps", "eval_every", "eval_archs",
-                     "weight_decay", "grad_clip", "gamma"):
+                     "weight_decay", "grad_clip", "gamma", "loss_clip"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:

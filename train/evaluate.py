@@ -116,9 +116,19 @@ def lm_loss(model: nn.Module, val: torch.Tensor, seq_len: int, windows: int = 64
 
 
 def eval_specs(n: int, families: tuple[str, ...], constraints: dict[str, Any], seed: int = 0) -> dict:
-    """``n`` named held-out archs of model_zoo (never in the training split), alternating over ``families``."""
+    """``n`` named held-out archs of model_zoo (never in the training split), split evenly over ``families``.
+
+    ``constraints`` are shared (``{max_params: ...}``) or per family (``{cnn: {...}, vit: {...}}``), as in
+    :class:`model_zoo.ArchDataset`.
+    """
     from model_zoo import heldout_archs
-    return heldout_archs(n, seed=seed, families=tuple(families), **constraints)
+    per_family = constraints if constraints and set(constraints) <= set(families) else \
+        {f: constraints for f in families}
+    out = {}
+    for i, fam in enumerate(families):
+        k = n // len(families) + (i < n % len(families))
+        out.update(heldout_archs(k, seed=seed, families=(fam,), **per_family.get(fam, {})))
+    return out
 
 
 def evaluate_archs(ghn: GHN, specs: dict, *, image_data: ImageEvalData | None = None,

@@ -124,7 +124,11 @@ class Counters:
             self.window.setdefault(k, []).append(v)
 
     def pop_means(self) -> dict[str, float]:
-        out = {k: sum(v) / len(v) for k, v in self.window.items() if v}
+        """Means over the steps since the last call; skipped steps' NaNs are left out (NaN if all were)."""
+        out = {}
+        for k, values in self.window.items():
+            finite = [v for v in values if math.isfinite(v)]
+            out[k] = sum(finite) / len(finite) if finite else float("nan")
         self.window.clear()
         return out
 
@@ -139,15 +143,17 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
         ConfigError: an invalid config or data directory; CheckpointError: an unusable ``cfg.resume``.
     """
     info = init_distributed(cfg.device)
+    threads = torch.get_num_threads()
     try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         return _train(cfg, info, command)
     finally:
+        torch.set_num_threads(threads)  # in-process callers (tests, notebooks) get their setting back
         shutdown(info)
 
 
 def _train(cfg: TrainConfig, info: DistInfo, command: str | None) -> dict[str, Any]:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     ckpt: Checkpoint | None = load_checkpoint(cfg.resume) if cfg.resume else None
     if ckpt is None and (out / LATEST).exists():
@@ -200,6 +206,7 @@ def _train(cfg: TrainConfig, info: DistInfo, command: str | None) -> dict[str, A
             t0 = time.perf_counter()
             inp = prefetch.get(step)
             t_data = time.perf_counter() - t0
+            lr = opt.param_groups[0]["lr"]  # the rate this step uses (logged before the schedule moves on)
             stats = _step(predictor, ghn, task, inp, opt, cfg, info, counters)
             sched.step()
             arch_pos = inp.samples[-1].state  # the stream position right after this step's archs
@@ -210,7 +217,7 @@ def _train(cfg: TrainConfig, info: DistInfo, command: str | None) -> dict[str, A
             if done % cfg.log_every == 0 or done == cfg.steps:
                 last = counters.pop_means()
                 last.update(archs_per_s=n_window * cfg.meta_batch * info.world_size / busy,
-                            lr=sched.get_last_lr()[0], skipped=counters.skipped)
+                            lr=lr, skipped=counters.skipped)
                 metrics.write(done, last)
                 bar.set_postfix(loss=f"{last.get('loss', float('nan')):.3f}",
                                 archs_s=f"{last['archs_per_s']:.1f}", skipped=counters.skipped)
@@ -241,9 +248,15 @@ def _step(predictor: nn.Module, ghn: GHN, task: Task, inp: StepInputs, opt: torc
     for model, params in zip(models, preds):
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.amp):
             loss, m = task.loss(model, params, x, y)
+        if cfg.loss_clip and loss.detach() > cfg.loss_clip:
+            # An arch whose predicted weights blow up its activations (e.g. a deep norm-free CNN early in training)
+            # can have a loss of 1e9 and would own the whole step. Scaled to the cap, it still pushes the GHN
+            # towards smaller weights (same gradient direction) without drowning the other archs.
+            loss = loss * (cfg.loss_clip / loss.detach())
+            m["clipped"] = 1.0
         task_losses.append(loss)
         regs.append(sum(w.norm() for w in params.values()))  # sum of Frobenius norms of the predicted tensors
-        for k, v in m.items():
+        for k, v in {"clipped": 0.0, **m}.items():
             extra[k] = extra.get(k, 0.0) + v / len(models)
     task_loss = torch.stack(task_losses).mean()
     reg = torch.stack(regs).mean()
@@ -271,11 +284,9 @@ def _step(predictor: nn.Module, ghn: GHN, task: Task, inp: StepInputs, opt: torc
                        info.world_size)
         counters.skipped += 1
     opt.zero_grad(set_to_none=True)
-    out = {"grad_norm": grad_norm, **extra}
-    if n_finite == info.world_size:  # a skipped step's losses would turn the logged means into NaN
-        out.update(loss=vec[0].item() / info.world_size, task_loss=vec[1].item() / info.world_size,
-                   reg=vec[2].item() / info.world_size)
-    return out
+    ok = n_finite == info.world_size
+    mean = [v / info.world_size if ok else float("nan") for v in vec[:3].tolist()]  # NaN: left out of the means
+    return {"loss": mean[0], "task_loss": mean[1], "reg": mean[2], "grad_norm": grad_norm, **extra}
 
 
 def _arch_iterator(cfg: TrainConfig, task: Task, info: DistInfo, state: list[dict] | None) -> Iterator:
@@ -343,10 +354,7 @@ def _evaluate(ghn: GHN, cfg: TrainConfig, task: Task) -> dict[str, float]:
     """Zero-shot metric on ``cfg.eval_archs`` held-out archs (rank 0 only; RNG untouched)."""
     from .evaluate import ImageEvalData, evaluate_archs, eval_specs, summarize
 
-    constraints = zoo_constraints(cfg, task)
-    if set(constraints) <= set(cfg.families):  # per-family constraints: evaluate on the first family's limits
-        constraints = constraints[cfg.families[0]]
-    specs = eval_specs(cfg.eval_archs, tuple(cfg.families), constraints)
+    specs = eval_specs(cfg.eval_archs, tuple(cfg.families), zoo_constraints(cfg, task))
     if cfg.task == "image":
         rows = evaluate_archs(ghn, specs, image_data=ImageEvalData.load(cfg.data_dir, cfg.eval_images))
         key = "eval_acc"

@@ -1,0 +1,185 @@
+"""train: the tiny CLI run, bit-exact resume (also after a real SIGKILL), the non-finite-loss guard, DDP."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from ghn import GHN
+from ghn.errors import ConfigError
+from train.checkpoint import load_checkpoint
+from train.config import TrainConfig, load_yaml
+from train.loop import train
+from train.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "train" / "configs" / "tiny_cpu.yaml"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _run(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "train", *map(str, args)], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _tiny(**overrides) -> TrainConfig:
+    return TrainConfig.from_dict({**load_yaml(TINY), **overrides})
+
+
+def _weights(ckpt_dir) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(ckpt_dir) / "model.safetensors"))
+
+
+def _assert_same(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"tensors differ: {different[:5]}"
+
+
+def _assert_valid_checkpoint(d: Path):
+    """Every file of a checkpoint parses: GHN (strict), training state, config."""
+    GHN.from_pretrained(d)
+    ckpt = load_checkpoint(d)
+    assert ckpt.step == int(d.name.split("-")[1])
+    TrainConfig.from_dict(yaml.safe_load((d / "config.yaml").read_text()))
+    assert (d / "README.md").read_text().startswith("---")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The CI command, uninterrupted: ``python -m train --config train/configs/tiny_cpu.yaml``."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    t0 = time.time()
+    r = _run("--config", TINY, "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, time.time() - t0, r
+
+
+def test_tiny_cli_run_writes_everything(reference):
+    out, seconds, r = reference
+    cfg = _tiny()
+    assert seconds < 60
+    assert "# resolved config" in r.stdout and "meta_batch: 2" in r.stdout  # the resolved config is printed
+    assert json.loads((out / "latest.json").read_text()) == {"step": cfg.steps, "dir": f"ckpt-{cfg.steps:07d}"}
+    ckpts = sorted(p.name for p in out.glob("ckpt-*"))
+    assert ckpts == [f"ckpt-{s:07d}" for s in range(cfg.ckpt_every, cfg.steps + 1, cfg.ckpt_every)]
+    for name in ckpts:
+        _assert_valid_checkpoint(out / name)
+    ghn = GHN.from_pretrained(out / ckpts[-1])
+    assert ghn.config.trained and ghn.config.num_classes == 10 and ghn.config.input_shape == [1, 28, 28]
+    assert ghn.config.notes["steps"] == cfg.steps and "tiny_cpu.yaml" in ghn.config.notes["command"]
+    state = load_checkpoint(out).state
+    assert state["arch_stream"] == [{"seed": 0, "position": cfg.steps * cfg.meta_batch, "rank": 0, "world_size": 1}]
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, cfg.steps + 1))
+    assert all(r["skipped"] == 0 and 0 < r["loss"] < 100 and r["archs_per_s"] > 0 for r in records)
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the schedule: linear warm-up, then cosine down to min_lr_ratio * lr at the last step
+    assert records[0]["lr"] == pytest.approx(cfg.lr / cfg.warmup_steps)
+    lr_end = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * (cfg.steps - 1 - cfg.warmup_steps) / (cfg.steps - cfg.warmup_steps)))
+    assert records[-1]["lr"] == pytest.approx(cfg.lr * lr_end)
+
+
+def test_resume_in_process_is_bit_exact(reference, tmp_path):
+    out, _, _ = reference
+    cfg = _tiny(resume=str(out / "ckpt-0000003"), out=str(tmp_path / "resumed"))
+    summary = train(cfg)
+    assert summary["step"] == cfg.steps
+    _assert_same(_weights(tmp_path / "resumed" / "ckpt-0000006"), _weights(out / "ckpt-0000006"))
+    # optimizer moments and RNG state match too, and the metrics continue the original run's
+    _assert_same(load_file(str(tmp_path / "resumed/ckpt-0000006/train_state.safetensors")),
+                 load_file(str(out / "ckpt-0000006/train_state.safetensors")))
+    assert [r["step"] for r in read_metrics(tmp_path / "resumed" / "metrics.jsonl")] == list(range(1, 7))
+
+
+def test_sigkill_mid_run_then_resume_matches_uninterrupted(reference, tmp_path):
+    out, _, _ = reference
+    run = tmp_path / "killed"
+    # A checkpoint every step (does not change the weights), so the kill can land in the middle of a save.
+    proc = subprocess.Popen([sys.executable, "-m", "train", "--config", str(TINY), "--out", str(run),
+                             "--ckpt-every", "1", "--keep-checkpoints", "0"], cwd=ROOT, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            latest = run / "latest.json"
+            if latest.exists() and json.loads(latest.read_text())["step"] >= 2:
+                break
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = json.loads((run / "latest.json").read_text())["step"]
+    assert 2 <= killed_at < 6, "the run finished before it could be killed"
+    for d in run.glob("ckpt-*"):  # no checkpoint is corrupt: partial saves live only in hidden temp dirs
+        _assert_valid_checkpoint(d)
+    r = _run("--resume", run)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not list(run.glob(".ckpt-*")), "leftovers of the interrupted save were not cleaned up"
+    _assert_same(_weights(run / "ckpt-0000006"), _weights(out / "ckpt-0000006"))
+
+
+def test_non_finite_loss_skips_the_step_on_all_archs(tmp_path, monkeypatch):
+    from train import tasks
+
+    original = tasks.ImageTask.loss
+    calls = {"n": 0}
+
+    def loss_with_nan(self, model, params, x, y):
+        calls["n"] += 1
+        loss, m = original(self, model, params, x, y)
+        if calls["n"] == 5:  # the first arch of step 3 (meta_batch 2): one bad arch poisons the step
+            loss = loss * float("nan")
+        return loss, m
+
+    monkeypatch.setattr(tasks.ImageTask, "loss", loss_with_nan)
+    out = tmp_path / "nan"
+    summary = train(_tiny(out=str(out), steps=4, ckpt_every=1, keep_checkpoints=0))
+    assert summary["skipped"] == 1
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["skipped"] for r in records] == [0, 0, 1, 1]
+    assert records[2]["loss"] is None and records[3]["loss"] is not None  # logged as null, not NaN
+    w = {s: _weights(out / f"ckpt-{s:07d}") for s in (2, 3, 4)}
+    _assert_same(w[3], w[2])  # step 3 changed nothing
+    assert any(not torch.equal(w[4][k], w[3][k]) for k in w[4])  # step 4 trained again
+    assert all(torch.isfinite(t).all() for t in w[4].values())
+    # the optimizer did not step either (its step counters stayed), but the schedule moved on
+    s2, s3 = load_checkpoint(out / "ckpt-0000002"), load_checkpoint(out / "ckpt-0000003")
+    assert torch.equal(s2.tensors["optim.0.step"], s3.tensors["optim.0.step"])
+    assert s3.state["scheduler"]["last_epoch"] == 3
+
+
+def test_existing_run_is_not_overwritten(reference):
+    out, _, _ = reference
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(_tiny(out=str(out)))
+
+
+def test_two_process_ddp_run(tmp_path):
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    r = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "train", "--config", str(TINY),
+                        "--out", str(out), "--steps", "4", "--ckpt-every", "2"], cwd=ROOT,
+                       env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=150)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("# resolved config") == 1  # only rank 0 prints (and writes)
+    ckpt = load_checkpoint(out)
+    assert ckpt.step == 4 and ckpt.state["world_size"] == 2
+    # each rank took its own half of the arch stream and saved its own RNG state
+    assert ckpt.state["arch_stream"] == [{"seed": 0, "position": 8, "rank": r, "world_size": 2} for r in (0, 1)]
+    assert {"rng.cpu.0", "rng.cpu.1"} <= set(ckpt.tensors)
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and all(r["skipped"] == 0 for r in records)
+    _assert_valid_checkpoint(ckpt.path)
+    # a DDP checkpoint is resumed by the same number of processes only
+    with pytest.raises(ConfigError, match="written by 2 processes"):
+        train(_tiny(resume=str(out), out=str(tmp_path / "single")))
