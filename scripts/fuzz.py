@@ -565,8 +565,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", type=int, default=None, help="run only this case index (prints the full error)")
     p.add_argument("--kinds", default="", help="comma-separated subset of: " + ", ".join(KINDS))
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fuzz.md")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (tiny models: 1 is fastest)")
     args = p.parse_args(argv)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     kinds = tuple(k for k in args.kinds.split(",") if k) or KINDS
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:

@@ -13,6 +13,16 @@ import torch
 from ghn.cli import main
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP's spinning threads cost ~8x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
 @pytest.fixture(scope="module")
 def ghn_dir(tmp_path_factory):
     from ghn import GHN, GHNConfig

@@ -14,6 +14,16 @@ from ghn.graph import NotAModuleError
 from ghn.prediction import recalibrate_bn, resolve_device, write_params
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP's spinning threads cost ~8x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+
 @pytest.fixture(scope="module")
 def ghn_():
     with torch.random.fork_rng(devices=[]):
