@@ -23,6 +23,7 @@ Run: ``python -m benchmarks.quality [--quick] [--device cuda]``. Writes ``result
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import statistics
@@ -341,7 +342,10 @@ def to_markdown(res: dict, label: str, env: dict) -> str:
             if name == "ghn":
                 row["coverage"] = v.get("coverage")
             rows.append(row)
-    parts = [f"# Quality: predicted vs default vs LSUV initialisation\n\nGHN: {label}. Device: {env['device']}. "
+    banner = ("> **Untrained GHN.** These numbers come from the placeholder predictor (`trained: false`): they check "
+              "the pipeline, not a learned initialisation. Re-run the command in `benchmarks/README.md` once the "
+              "trained predictor is in `checkpoints/ghn-fmnist`.\n\n" if "UNTRAINED" in label else "")
+    parts = [f"# Quality: predicted vs default vs LSUV initialisation\n\n{banner}GHN: {label}. Device: {env['device']}. "
              f"Test accuracy (%) on {p['test_images']:,} Fashion-MNIST test images. **Zero-shot** = no training "
              f"(BatchNorm statistics recomputed from {p['bn_batches']} training batches of {p['bn_batch']}, for every "
              f"init); **fine-tuned N steps** = SGD lr {p['lr']}, momentum {p['momentum']}, batch {p['batch']}, same "
@@ -413,9 +417,19 @@ def plot(res: dict, path: Path) -> None:
     for ax in axes[n:]:
         ax.axis("off")
     axes[0].legend(fontsize=7)
+    fig.suptitle(f"Held-out archs, Fashion-MNIST test accuracy; GHN: {res.get('ghn', '?')}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _int_steps(x):
+    """JSON turns the step keys of the results into strings; turn them back into ints."""
+    if isinstance(x, dict):
+        return {(int(k) if isinstance(k, str) and k.isdigit() else k): _int_steps(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_int_steps(v) for v in x]
+    return x
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -429,7 +443,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="Fashion-MNIST idx .gz files (default: $GHN_FMNIST_DIR or the Debian package's directory)")
     p.add_argument("--fortunes-dir", type=Path, default=None,
                    help="fortune text files (default: $GHN_FORTUNES_DIR or the Debian package's directory)")
+    p.add_argument("--render", type=Path, default=None,
+                   help="only re-write the .md and .png next to this results .json (no evaluation)")
     args = p.parse_args(argv)
+    if args.render:
+        res = _int_steps(json.loads(args.render.read_text()))
+        plot(res, args.render.with_suffix(".png"))
+        args.render.with_suffix(".md").write_text(to_markdown(res, res["ghn"], res["env"]) + "\n")
+        return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ghn").setLevel(logging.ERROR)
     device = setup(args)
