@@ -153,6 +153,9 @@ _SAME_DTYPE_OPS = frozenset(getattr(torch.ops.aten, name).default for name in (
     "mm", "addmm", "bmm", "baddbmm", "addbmm", "mv", "addmv", "dot"))
 
 
+_EMBEDDING = torch.ops.aten.embedding.default
+
+
 class _DtypeCheck(TorchDispatchMode):
     """Raise, as real kernels do, when a matrix product mixes dtypes (active only under fake tensors)."""
 
@@ -162,6 +165,9 @@ class _DtypeCheck(TorchDispatchMode):
             if len(set(dtypes)) > 1:
                 names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
                 raise RuntimeError(f"{func.__name__} got operands of different dtypes ({names})")
+        elif func is _EMBEDDING and len(args) > 1 and isinstance(args[1], torch.Tensor) \
+                and (args[1].is_floating_point() or args[1].is_complex()):
+            raise RuntimeError(f"embedding indices must be integers, got {str(args[1].dtype).replace('torch.', '')}")
         return func(*args, **(kwargs or {}))
 
 
