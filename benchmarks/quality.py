@@ -89,8 +89,11 @@ def _seeded(make: Callable[[], nn.Module], seed: int) -> Callable[[], nn.Module]
 
 
 def image_archs(quick: bool = False, n_zoo: int = 6, seed: int = 0) -> list[Arch]:
-    """Held-out image archs, all 1x28x28 / 10 classes: zoo held-out specs (cnn, vit, mlp with the families' default
-    sizes, up to 5× the meta-training limit; a timm arch), a plain CNN and timm's ResNet-18."""
+    """Held-out image archs, all 1x28x28 / 10 classes.
+
+    Zoo held-out specs (cnn, vit, mlp at the families' default sizes, up to 500k parameters, so larger than
+    ``train.config.max_params``; and one timm arch), a plain user-written CNN, and timm's ResNet-18.
+    """
     from model_zoo import heldout_archs
 
     families = ("vit", "mlp") if quick else ("cnn", "vit", "mlp")
