@@ -45,7 +45,7 @@ __all__ = ["Case", "KINDS", "make_case", "run_case", "run", "main"]
 
 ZOO_FAMILIES = ("cnn", "vit", "mlp", "gpt", "llama", "timm")
 USER_KINDS = ("mlp", "resmlp", "cnn1d", "cnn2d", "cnn3d", "convt", "rawparam", "tied", "unused", "embed_attn",
-              "skipped", "intparam", "complex", "nested")
+              "skipped", "intparam", "complex", "nested", "shapes")
 KINDS = tuple(f"zoo:{f}" for f in ZOO_FAMILIES) + tuple(f"user:{k}" for k in USER_KINDS)
 FAILURES = ("untyped", "unexpected_typed", "missing_error", "non_finite", "bad_shape", "bad_coverage", "bad_write")
 
@@ -129,7 +129,7 @@ def _cnn(r: random.Random, dims: int, transpose: bool = False):
     bn = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)[dims - 1]
     inorm = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)[dims - 1]
     pool = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)[dims - 1]
-    size = {1: r.randint(5, 17), 2: r.randint(4, 9), 3: r.randint(3, 5)}[dims]
+    size = size0 = {1: r.randint(5, 17), 2: r.randint(4, 9), 3: r.randint(3, 5)}[dims]
     c_in = r.randint(1, 5)
     c = c_in
     layers: list[nn.Module] = []
@@ -143,12 +143,15 @@ def _cnn(r: random.Random, dims: int, transpose: bool = False):
             if r.random() < 0.5 and c_out % c == 0:
                 groups = c  # depthwise
         if transpose and i == 0:
-            layers.append(convt(c, c_out, kernel_size=r.choice((2, 3)), stride=r.choice((1, 2)),
-                                bias=r.random() < 0.5))
+            kt, st = r.choice((2, 3)), r.choice((1, 2))
+            layers.append(convt(c, c_out, kernel_size=kt, stride=st, bias=r.random() < 0.5))
+            size = (size - 1) * st + kt
         else:
-            layers.append(conv(c, c_out, k, stride=r.choice((1, 1, 2)), padding=k // 2, groups=groups,
-                               bias=r.random() < 0.5))
-        norm = r.choice(("bn", "gn", "in", None))
+            stride = r.choice((1, 1, 2))
+            layers.append(conv(c, c_out, k, stride=stride, padding=k // 2, groups=groups, bias=r.random() < 0.5))
+            size = (size + 2 * (k // 2) - k) // stride + 1
+        # InstanceNorm needs more than one spatial element (PyTorch rejects the model otherwise)
+        norm = r.choice(("bn", "gn", "in", None) if size > 1 else ("bn", "gn", None))
         if norm == "bn":
             layers.append(bn(c_out))
         elif norm == "gn":
@@ -158,7 +161,7 @@ def _cnn(r: random.Random, dims: int, transpose: bool = False):
         layers.append(_act(r))
         c = c_out
     layers += [pool(1), nn.Flatten(), nn.Linear(c, _width(r, 1, 13))]
-    x = torch.randn(2, c_in, *([size] * dims))
+    x = torch.randn(2, c_in, *([size0] * dims))
     return nn.Sequential(*layers), x
 
 
@@ -344,11 +347,38 @@ def _nested(r: random.Random):
     return m, (x,)
 
 
+class OddShapes(nn.Module):
+    """Parameters of unusual ranks and sizes: a scalar, a 6-D tensor, an empty one, (1, n) and (n, 1) matrices,
+    asymmetric and dilated kernels."""
+
+    def __init__(self, r: random.Random):
+        super().__init__()
+        self.d = d = _width(r, 1, 9)
+        self.scalar = nn.Parameter(torch.tensor(0.5))
+        self.six = nn.Parameter(torch.randn(*[r.randint(1, 3) for _ in range(6)]))
+        self.empty = nn.Parameter(torch.randn(0, r.randint(1, 4)))
+        self.row = nn.Parameter(torch.randn(1, d))
+        self.col = nn.Parameter(torch.randn(d, r.randint(1, 3)))
+        self.conv = nn.Conv2d(d, _width(r, 1, 7), (1, r.choice((1, 3, 7))), padding=(0, 3),
+                              dilation=(1, r.choice((1, 2))))
+        self.conv1 = nn.Conv1d(d, d, 1, bias=False)
+
+    def forward(self, x):
+        y = (x * self.scalar + self.row + self.six.mean() + self.empty.sum()) @ self.col
+        z = self.conv(x[:, :, None, None].expand(-1, -1, 1, 8)).mean((1, 2, 3))
+        return y + z[:, None] + self.conv1(x[:, :, None]).mean((1, 2))[:, None]
+
+
+def _shapes(r: random.Random):
+    m = OddShapes(r)
+    return m, torch.randn(2, m.d)
+
+
 _USER: dict[str, Callable[[random.Random], tuple[nn.Module, Any]]] = {
     "mlp": _mlp, "resmlp": _resmlp, "cnn1d": lambda r: _cnn(r, 1), "cnn2d": lambda r: _cnn(r, 2),
     "cnn3d": lambda r: _cnn(r, 3), "convt": lambda r: _cnn(r, r.randint(1, 3), transpose=True),
     "rawparam": _rawparam, "tied": _tied, "unused": _unused, "embed_attn": _embed_attn, "skipped": _skipped,
-    "intparam": _intparam, "complex": _complex, "nested": _nested,
+    "intparam": _intparam, "complex": _complex, "nested": _nested, "shapes": _shapes,
 }
 
 # ---- zoo archs ----------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import torch
 from ghn import GHN, GHNConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-N_CASES = 120
+N_CASES = 160
 
 
 @pytest.fixture(autouse=True, scope="module")
