@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="ResNet-50 and GPT-2 small, one round, small scaling sweep")
     p.add_argument("--models", nargs="*", choices=list(MODELS), default=None, help="subset of models to time")
     p.add_argument("--no-large", action="store_true", help="skip GPT-2-large (allocates ~3 GB twice)")
+    p.add_argument("--tag", default="", help="suffix of the results' file names (e.g. the machine)")
     p.set_defaults(threads=1)  # shared machine: one thread gives stable ratios; pass --threads N to change
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -288,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     res.update(env=env, ghn=label, quick=args.quick)
     # timings are device-specific: a CUDA run gets its own files
     name = "speed" + ("_quick" if args.quick else "") + ("" if device.type == "cpu" else f"_{device.type}")
+    name += f"_{args.tag}" if args.tag else ""
     plot_scaling(res["scaling"], args.out / f"{name}_scaling.png")
     md = to_markdown(res, label, env)
     write_results(args.out, name, res, md)
