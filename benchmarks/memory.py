@@ -157,11 +157,15 @@ def to_markdown(res: dict, env: dict, ghn_name: str) -> str:
                 goals.append(f"- {name}, {what[mode]}: peak RSS {ratio:.2f}× fp32 (goal ≤ 1.5×): "
                              f"{'met' if ratio <= 1.5 else 'MISSED'}")
     cols = list(dict.fromkeys(k for r in rows for k in r))
+    untied = any(str(r.get("weight tying kept", "")).startswith("NO") for r in rows)
+    note = ("\n`weight tying kept: NO`: materialising the meta model (`to_empty`) unties `lm_head.weight` from "
+            "`transformer.wte.weight`; the untied copy is never written (it stays uninitialised) and costs its own "
+            "memory. A ghn bug: re-tying after materialising fixes both.\n" if untied else "")
     return "\n".join([
         f"# Bounded-memory prediction\n\nGHN: {ghn_name}. Device: {env['device']}. Each row is a fresh subprocess; "
         "peak RSS is the process high-water mark (ru_maxrss) and includes the baseline (Python, torch, "
-        "transformers and the GHN, measured before the model exists).\n", md_table(rows, cols), "\n## Goals\n",
-        "\n".join(goals)])
+        "transformers and the GHN, measured before the model exists).\n", md_table(rows, cols), note,
+        "\n## Goals\n", "\n".join(goals)])
 
 
 def main(argv: list[str] | None = None) -> None:
