@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timm:<name>, torchvision:<name>, or hf:<config name (gpt2, bert-base-uncased, ...) or path to "
                         "a config.json / directory>")
     g.add_argument("--model-kwargs", default="{}", help="JSON dict passed to the model constructor / config")
-    g.add_argument("--input-shape", default=None,
+    g.add_argument("--input-shape", default=None, type=_shape,
                    help="example input shape without batch, e.g. 3,224,224 (default: what the model declares)")
     g.add_argument("--meta", action="store_true",
                    help="build the model on the meta device (no weight memory) and stream predictions: for big models")
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--classifier", choices=("predict", "reinit"), default="predict")
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, help="output .safetensors file (shards: <stem>-00001-of-0000N.safetensors)")
-    g.add_argument("--max-shard-size", default="5GB", help="split the output into shards of at most this size")
+    g.add_argument("--max-shard-size", default=5 * 10**9, type=_size, help="split the output into shards of at most this size")
     g.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -79,14 +79,13 @@ def _run(args: argparse.Namespace) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     example = None
     if args.input_shape:
-        shape = tuple(int(s) for s in args.input_shape.split(","))
-        example = torch.randn(2, *shape)
+        example = torch.randn(2, *args.input_shape)
     t1 = time.perf_counter()
     graph = build_graph(model, example, max_hops=ghn.config.max_hops)
     model = ghn.predict(model, graph=graph, classifier=args.classifier, device=args.device)
     t2 = time.perf_counter()
     pred_coverage = graph.coverage
-    files = save_sharded(model, Path(args.out), _parse_size(args.max_shard_size))
+    files = save_sharded(model, Path(args.out), args.max_shard_size)
     t3 = time.perf_counter()
     print(f"model: {args.model} ({type(model).__name__}, {n_params:,} parameters) built in {t1 - t0:.2f}s")
     print(f"predicted in {t2 - t1:.2f}s (graph build included): {pred_coverage}")
@@ -103,6 +102,17 @@ def load_model(spec: str, kwargs: dict, meta: bool = False) -> nn.Module:
     source, _, name = spec.partition(":")
     if not name:
         raise ConfigError(f"--model {spec!r} has no source prefix; use timm:<name>, torchvision:<name> or hf:<name>")
+    if source not in ("timm", "torchvision", "hf"):
+        raise ConfigError(f"unknown model source {source!r} in {spec!r}; use timm:, torchvision: or hf:")
+    try:
+        return _build(source, name, kwargs, meta)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, GHNError):
+            raise
+        raise ConfigError(f"could not build {spec} with --model-kwargs {json.dumps(kwargs)}: {e}") from e
+
+
+def _build(source: str, name: str, kwargs: dict, meta: bool) -> nn.Module:
     ctx = torch.device("meta") if meta else torch.device("cpu")
     if source == "timm":
         import timm
@@ -117,9 +127,7 @@ def load_model(spec: str, kwargs: dict, meta: bool = False) -> nn.Module:
             raise ConfigError(f"unknown torchvision model {name!r}{_suggest(name, names)}")
         with ctx:
             return torchvision.models.get_model(name, weights=None, **kwargs)
-    if source == "hf":
-        return _hf_model(name, kwargs, ctx)
-    raise ConfigError(f"unknown model source {source!r} in {spec!r}; use timm:, torchvision: or hf:")
+    return _hf_model(name, kwargs, ctx)
 
 
 def _hf_model(name: str, kwargs: dict, ctx: torch.device) -> nn.Module:
@@ -158,13 +166,28 @@ def _suggest(name: str, choices: list[str]) -> str:
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 
-def _parse_size(text: str) -> int:
+def _size(text: str) -> int:
+    """argparse type: ``5GB``, ``100MB``, ``2048`` → bytes."""
     units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
     t = text.strip().upper()
-    for unit, factor in units.items():
-        if t.endswith(unit):
-            return int(float(t[:-len(unit)]) * factor)
-    return int(t)
+    try:
+        for unit, factor in units.items():
+            if t.endswith(unit):
+                return int(float(t[:-len(unit)]) * factor)
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; use e.g. 500MB or 5GB") from None
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    """argparse type: ``3,224,224`` → (3, 224, 224)."""
+    try:
+        dims = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape; use comma-separated sizes, e.g. 3,224,224") from None
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes must be positive, e.g. 3,224,224")
+    return dims
 
 
 def save_sharded(model: nn.Module, out: Path, max_shard_bytes: int) -> list[Path]:

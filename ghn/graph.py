@@ -304,9 +304,13 @@ def _collect_params(model: nn.Module):
             tied[name] = by_id[id(p)]
             continue
         by_id[id(p)] = name
-        numel[name] = p.numel()
         path, _, attr = name.rpartition(".")
         module = modules[path]
+        if isinstance(p, nn.parameter.UninitializedParameter):
+            raise UnsupportedModuleError(
+                f"{path or 'model'} ({type(module).__name__}) has an uninitialised lazy parameter '{attr}'; run "
+                "model(example_inputs) once to initialise it, then build the graph / predict")
+        numel[name] = p.numel()
         op = module_op(module)
         if op is None and any(a.endswith("weight") and q.ndim >= 2 for a, q in module.named_parameters(recurse=False)):
             op = "module"  # an unknown module with a weight matrix: treat it as a linear-like op

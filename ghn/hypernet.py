@@ -20,7 +20,7 @@ from .graph import Graph, build_graph
 from .inputs import ExampleInputs
 from .nn import GraphEncoder, collate
 from .prediction import (Prediction, check_prediction, materialize, recalibrate_bn, reinit_classifier,
-                         write_params)
+                         resolve_device, write_params)
 
 __all__ = ["GHN", "CoverageWarning"]
 
@@ -63,7 +63,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
                                     c.dropout)
         self.decoder = LowRankDecoder(c.hidden_dim, c.decoder_hidden, c.basis, c.rank, c.code_seed)
         if device is not None:
-            self.to(device)
+            self.to(resolve_device(device))
 
     @property
     def device(self) -> torch.device:
@@ -143,20 +143,28 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
             ``model`` itself (parameters overwritten, no autograd history kept).
 
         Raises:
-            GHNError (and subclasses): nothing is written if prediction fails.
+            GHNError (and subclasses): nothing is written if prediction fails (a ``meta`` model, which had no
+            values to lose, may be left materialised and partly filled).
         """
         if classifier not in ("predict", "reinit"):
             raise ConfigError(f"classifier must be 'predict' or 'reinit', got {classifier!r}")
         if bn not in ("train", "recalibrate"):
             raise ConfigError(f"bn must be 'train' or 'recalibrate', got {bn!r}")
-        if bn == "recalibrate" and bn_data is None:
-            raise ConfigError("bn='recalibrate' needs bn_data=<iterable of input batches>")
+        if bn == "recalibrate":
+            try:
+                iter(bn_data)
+            except TypeError:
+                raise ConfigError("bn='recalibrate' needs bn_data=<iterable of input batches>, got "
+                                  f"{type(bn_data).__name__}") from None
         if not self.config.trained:
             logger.warning("this GHN is untrained (config.trained=False): predicted parameters are a structured "
                            "random initialisation, not a learned one")
         graph = self._graph(model, example_inputs, graph)
         coverage = graph.coverage
         on_meta = any(p.is_meta for p in model.parameters())
+        # Recalibration runs after the write and may fail on user data: keep a copy to roll back to.
+        backup = ({k: v.detach().clone() for k, v in model.state_dict().items()}
+                  if bn == "recalibrate" and not on_meta else None)
         was_training = self.training
         self.eval()
         try:
@@ -175,14 +183,19 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
                 write_params(model, params.items())
         finally:
             self.train(was_training)
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-                m.reset_running_stats()
-        if classifier == "reinit":
-            path = reinit_classifier(model, graph)
-            logger.info("classifier %s re-initialised", path)
-        if bn == "recalibrate":
-            recalibrate_bn(model, bn_data)
+        try:
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                    m.reset_running_stats()
+            if classifier == "reinit":
+                path = reinit_classifier(model, graph)
+                logger.info("classifier %s re-initialised", path)
+            if bn == "recalibrate":
+                recalibrate_bn(model, bn_data)
+        except BaseException:
+            if backup is not None:
+                model.load_state_dict(backup)
+            raise
         _warn_coverage(coverage, model)
         logger.info("predicted %s: %s", type(model).__name__, coverage.summary())
         return model
@@ -207,8 +220,18 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt", "library": "ghn"}))
-        _atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(self.config.to_dict(), indent=2)))
+        # Both files are written to temporary names first and renamed only when both are complete, so a crash
+        # never pairs new weights with an old config (or leaves a partial file).
+        weights_tmp = _temp_write(out / WEIGHTS_NAME,
+                                  lambda p: save_file(state, p, metadata={"format": "pt", "library": "ghn"}))
+        try:
+            config_tmp = _temp_write(out / CONFIG_NAME,
+                                     lambda p: Path(p).write_text(json.dumps(self.config.to_dict(), indent=2)))
+        except BaseException:
+            os.unlink(weights_tmp)
+            raise
+        os.replace(config_tmp, out / CONFIG_NAME)
+        os.replace(weights_tmp, out / WEIGHTS_NAME)
         if not (out / "README.md").exists():
             card = _model_card(self)
             _atomic_write(out / "README.md", lambda p: Path(p).write_text(card))
@@ -236,7 +259,8 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         except ConfigError as e:
             raise CheckpointError(f"{config_path}: {e}") from e
         state = _load_safetensors(weights_path)
-        ghn = cls(config)
+        with torch.random.fork_rng(devices=[]):  # building the GHN must not move the caller's random stream
+            ghn = cls(config)
         expected = ghn.state_dict()
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
@@ -249,10 +273,13 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
             if tuple(v.shape) != tuple(expected[k].shape):
                 raise CheckpointError(f"{weights_path}: tensor {k} has shape {tuple(v.shape)} but the config needs "
                                       f"{tuple(expected[k].shape)}; the config and weights do not belong together")
+            if v.dtype != expected[k].dtype:
+                raise CheckpointError(f"{weights_path}: tensor {k} is {v.dtype} but the GHN needs "
+                                      f"{expected[k].dtype}; the checkpoint was not written by GHN.save_pretrained")
             if v.is_floating_point() and not torch.isfinite(v).all():
                 raise CheckpointError(f"{weights_path}: tensor {k} has NaN/Inf values; the checkpoint is corrupt")
         ghn.load_state_dict(state, strict=True)
-        return ghn.to(device).eval()
+        return ghn.to(resolve_device(device)).eval()
 
     # the mixin's generic loader is replaced by the strict one above
     @classmethod
@@ -300,8 +327,8 @@ def _warn_coverage(coverage: CoverageReport, model: nn.Module) -> None:
                       CoverageWarning, stacklevel=3)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write via ``write(tmp_path)`` then rename over ``path`` (atomic on POSIX)."""
+def _temp_write(path: Path, write) -> str:
+    """Write via ``write(tmp_path)`` to a temporary file next to ``path``; return its name (caller renames it)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -309,17 +336,26 @@ def _atomic_write(path: Path, write) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint is an ordinary readable file
-        os.replace(tmp, path)
+        return tmp
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
 
+def _atomic_write(path: Path, write) -> None:
+    """Write via ``write(tmp_path)`` then rename over ``path`` (atomic on POSIX)."""
+    os.replace(_temp_write(path, write), path)
+
+
 def _resolve_files(name: str, revision, cache_dir, local_files_only, token) -> tuple[str, str]:
     if os.path.isdir(name):
         paths = [os.path.join(name, CONFIG_NAME), os.path.join(name, WEIGHTS_NAME)]
         absent = [p for p in paths if not os.path.isfile(p)]
+        pickles = [f for f in os.listdir(name) if f.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
+        if absent and pickles and not os.path.isfile(paths[1]):
+            raise CheckpointError(f"{name} has {', '.join(sorted(pickles))} but no {WEIGHTS_NAME}: ghn never loads "
+                                  "pickle files (they can run arbitrary code); re-save the GHN with save_pretrained")
         if absent:
             raise CheckpointError(f"{name} is missing {', '.join(os.path.basename(p) for p in absent)}; a GHN "
                                   f"checkpoint is a directory with {CONFIG_NAME} and {WEIGHTS_NAME} (written by "

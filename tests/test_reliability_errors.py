@@ -144,8 +144,6 @@ def test_register_op_rejects_bad_arguments():
         register_op(nn.Linear, "lineer")
 
 
-@pytest.mark.xfail(strict=True, reason="ghn/graph.py: a lazy module's UninitializedParameter raises an untyped "
-                                       "ValueError from numel(); see issue 7 report")
 def test_lazy_module_is_a_typed_error(ghn_):
     model = nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.Linear(4, 2))
     with pytest.raises(GHNError, match="(?i)lazy"):
@@ -347,8 +345,6 @@ def test_malformed_device_is_a_device_error():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
-@pytest.mark.xfail(strict=True, reason="ghn/hypernet.py: GHN(device=...) and from_pretrained(device=...) raise torch's "
-                                       "untyped RuntimeError for a device the machine lacks; see issue 7 report")
 def test_ghn_on_a_missing_device_is_a_device_error():
     with pytest.raises(DeviceError):
         GHN(GHNConfig.preset("tiny"), device="cuda")

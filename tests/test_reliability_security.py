@@ -255,8 +255,6 @@ def test_broken_checkpoint_is_a_checkpoint_error(ckpt, what, monkeypatch):
     assert not loaded, "tensors were copied into a GHN before every check had passed"
 
 
-@pytest.mark.xfail(strict=True, reason="ghn/hypernet.py: from_pretrained casts tensors of another dtype silently "
-                                       "(an int64 tensor where the config makes float32); see issue 7 report")
 def test_tensor_of_another_dtype_is_a_checkpoint_error(ckpt):
     state = load_file(ckpt / "model.safetensors")
     key = _first_float(state)
@@ -282,8 +280,6 @@ def test_good_checkpoint_still_loads_exactly(good_dir, tiny_ghn):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
 
 
-@pytest.mark.xfail(strict=True, reason="ghn/hypernet.py: from_pretrained initialises a GHN with the global RNG "
-                                       "before loading, so loading changes the caller's random stream")
 def test_loading_does_not_touch_the_global_rng(good_dir):
     state = torch.random.get_rng_state()
     GHN.from_pretrained(good_dir)
@@ -335,9 +331,6 @@ def test_interrupt_while_writing_weights_keeps_the_previous_checkpoint(ckpt, tin
     _assert_is(ckpt, tiny_ghn)
 
 
-@pytest.mark.xfail(strict=True, reason="ghn/hypernet.py: save_pretrained renames the new weights into place before "
-                                       "it writes config.json, so a crash in between pairs new weights with the old "
-                                       "config; see issue 7 report")
 def test_crash_while_writing_config_keeps_the_previous_checkpoint(ckpt, tiny_ghn, monkeypatch):
     real = Path.write_text
 

@@ -185,8 +185,6 @@ def test_failed_trace_restores_training_modes():
     _assert_untouched(model, before)
 
 
-@pytest.mark.xfail(strict=True, reason="ghn/hypernet.py: predict writes the parameters before it recalibrates "
-                                       "BatchNorm, so bad bn_data leaves new weights behind; see issue 7 report")
 def test_predict_with_bad_bn_data_leaves_parameters_unchanged(ghn_):
     model = _with_running_stats(_net())
     before = _state(model)
