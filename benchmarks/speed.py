@@ -159,10 +159,11 @@ def plot_scaling(rows: list[dict], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
-    for family in dict.fromkeys(r["family"] for r in rows):
+    for i, family in enumerate(dict.fromkeys(r["family"] for r in rows)):
         fam = sorted((r for r in rows if r["family"] == family), key=lambda r: r["nodes"])
-        ax.plot([r["nodes"] for r in fam], [r["graph_s"] for r in fam], "o-", label=f"{family}: build_graph")
-        ax.plot([r["nodes"] for r in fam], [r["distances_s"] for r in fam], "x:", alpha=0.6,
+        ax.plot([r["nodes"] for r in fam], [r["graph_s"] for r in fam], "o-", color=f"C{i}",
+                label=f"{family}: build_graph")
+        ax.plot([r["nodes"] for r in fam], [r["distances_s"] for r in fam], "x:", color=f"C{i}", alpha=0.6,
                 label=f"{family}: distances (BFS)")
     ax.set_xscale("log")
     ax.set_yscale("log")
