@@ -72,6 +72,7 @@ def test_memory_worker_in_process():
     assert "peak RSS" in md and "goal ≤ 1.5×" in md
 
 
+@pytest.mark.slow  # a fresh Python process (imports torch + transformers): ~5 s
 def test_memory_cli_path_in_subprocess():
     r = memory.measure(dict(n_embd=8, n_layer=1, n_head=2), "cli", "untrained", "cpu", timeout=120)
     assert "error" not in r, r
