@@ -20,13 +20,16 @@ __all__ = ["GraphBatch", "collate", "NodeEncoder", "GraphormerLayer", "GraphEnco
 OP_SLOTS = 64
 #: shape dims are bucketed at half-octave resolution: 0, then 1 + round(2·log2(d)) capped.
 SHAPE_BUCKETS = 48
+#: sinusoid frequencies (π·2^k) of the depth feature
+DEPTH_FREQS = 8
 
 
 class GraphBatch(dict):
     """Padded tensors of several graphs (a dict, so it moves with ``{k: v.to(device)}``).
 
     Keys: ``ops`` (B, N) long, ``shapes`` (B, N, 4) long, ``deg_in``/``deg_out`` (B, N) long,
-    ``dist`` (B, N, N) long, ``mask`` (B, N) bool (True for real nodes).
+    ``depth`` (B, N) float (topological position in [0, 1]), ``dist`` (B, N, N) long, ``mask`` (B, N) bool
+    (True for real nodes).
     """
 
 
@@ -39,6 +42,7 @@ def collate(graphs: list[Graph], max_hops: int, max_degree: int, device: torch.d
     deg_in = torch.zeros(b, n, dtype=torch.long)
     deg_out = torch.zeros(b, n, dtype=torch.long)
     dist = torch.full((b, n, n), max_hops + 1, dtype=torch.long)
+    depth = torch.zeros(b, n)
     mask = torch.zeros(b, n, dtype=torch.bool)
     for i, g in enumerate(graphs):
         k = len(g)
@@ -47,9 +51,10 @@ def collate(graphs: list[Graph], max_hops: int, max_degree: int, device: torch.d
         di, do = g.degrees()
         deg_in[i, :k], deg_out[i, :k] = di.clamp(max=max_degree), do.clamp(max=max_degree)
         dist[i, :k, :k] = g.distances().long().clamp(max=max_hops + 1)
+        depth[i, :k] = torch.arange(k) / max(k - 1, 1)  # nodes are in forward order
         mask[i, :k] = True
     return GraphBatch(ops=ops.to(device), shapes=shapes.to(device), deg_in=deg_in.to(device),
-                      deg_out=deg_out.to(device), dist=dist.to(device), mask=mask.to(device))
+                      deg_out=deg_out.to(device), depth=depth.to(device), dist=dist.to(device), mask=mask.to(device))
 
 
 def shape_buckets(shapes: torch.Tensor) -> torch.Tensor:
@@ -59,7 +64,11 @@ def shape_buckets(shapes: torch.Tensor) -> torch.Tensor:
 
 
 class NodeEncoder(nn.Module):
-    """Op embedding + shape embedding + in/out-degree (centrality) embedding.
+    """Op embedding + shape embedding + in/out-degree (centrality) embedding + depth embedding.
+
+    The depth term (a projection of sinusoids of the node's relative position in forward order) tells apart
+    repeated blocks whose neighbourhoods look the same: without it, the 3rd and 5th blocks of a ResNet stage get
+    identical embeddings and hence identical predicted weights.
 
     Shapes:
         input: a :class:`GraphBatch`; output: (B, N, d).
@@ -72,11 +81,16 @@ class NodeEncoder(nn.Module):
         self.shape = nn.Embedding(4 * SHAPE_BUCKETS, d)  # one table, offset per position (c_out, c_in, k_h, k_w)
         self.deg_in = nn.Embedding(max_degree + 1, d)
         self.deg_out = nn.Embedding(max_degree + 1, d)
+        self.depth = nn.Linear(2 * DEPTH_FREQS, d)
         self.register_buffer("offsets", torch.arange(4) * SHAPE_BUCKETS, persistent=False)
+        self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(DEPTH_FREQS), persistent=False)
 
     def forward(self, batch: GraphBatch) -> torch.Tensor:
         shape = self.shape(shape_buckets(batch["shapes"]) + self.offsets).sum(-2)
-        return self.op(batch["ops"]) + shape + self.deg_in(batch["deg_in"]) + self.deg_out(batch["deg_out"])
+        angles = batch["depth"][..., None] * self.freqs  # (B, N, F)
+        depth = self.depth(torch.cat([angles.sin(), angles.cos()], dim=-1))
+        return (self.op(batch["ops"]) + shape + self.deg_in(batch["deg_in"]) + self.deg_out(batch["deg_out"])
+                + depth)
 
 
 class GraphormerLayer(nn.Module):
