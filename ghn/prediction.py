@@ -74,7 +74,8 @@ def check_prediction(model: nn.Module, params: Mapping[str, torch.Tensor]) -> No
         if tuple(p.shape) != tuple(t.shape):
             raise GraphError(f"predicted {name} has shape {tuple(t.shape)} but the model's is "
                              f"{tuple(p.shape)}; the graph was built from another model")
-        if not torch.isfinite(t).all():
+        # a sum is one cheap pass and is finite iff every element is (barring overflow, re-checked in full)
+        if not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
             raise GHNError(f"predicted {name} has non-finite values; the GHN checkpoint is broken (re-train or "
                            "re-download it)")
         if p.is_floating_point() and t.numel() and torch.finfo(p.dtype).max < torch.finfo(t.dtype).max:
@@ -102,12 +103,26 @@ def materialize(model: nn.Module, device: torch.device | str) -> list[str]:
     """
     device = resolve_device(device)
     meta_buffers = [n for n, b in model.named_buffers() if b.is_meta]
+    # to_empty() gives every parameter its own storage, which unties tied weights (an LM head tied to the
+    # embedding would stay uninitialised); record the aliases and re-tie them afterwards.
+    canonical: dict[int, str] = {}
+    aliases: list[tuple[str, str]] = []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in canonical:
+            aliases.append((name, canonical[id(p)]))
+        else:
+            canonical[id(p)] = name
     try:
         model.to_empty(device=device)
     except (RuntimeError, AssertionError) as e:  # e.g. CUDA asked for on a machine without it, out of memory
         raise DeviceError(f"could not allocate {type(model).__name__} on {device} ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}); pass device='cpu' or a device this machine "
                           "has") from e
+    if aliases:
+        own = dict(model.named_parameters())
+        for alias, name in aliases:
+            path, _, attr = alias.rpartition(".")
+            setattr(model.get_submodule(path), attr, own[name])
     unknown = []
     for name, module in model.named_modules():
         own = [n for n, b in module.named_buffers(recurse=False) if f"{name}.{n}".lstrip(".") in meta_buffers]

@@ -51,10 +51,13 @@ def test_predict_writes_in_place_and_runs(tiny_ghn, name):
     assert torch.isfinite(y).all()
 
 
-def test_tied_weights_stay_tied(tiny_ghn):
-    model = tiny_gpt2()
+@pytest.mark.parametrize("meta", [False, True])
+def test_tied_weights_stay_tied(tiny_ghn, meta):
+    with torch.device("meta" if meta else "cpu"):
+        model = tiny_gpt2()
     tiny_ghn.predict(model)
     assert model.lm_head.weight is model.transformer.wte.weight
+    assert model.lm_head.weight.abs().sum() > 0
     assert set(tiny_ghn.predict_params(model).state_dict()) >= {"lm_head.weight", "transformer.wte.weight"}
 
 
