@@ -88,12 +88,17 @@ def test_prefetcher_yields_in_order_and_reraises_errors():
             raise ValueError("boom at 5")
         return step * 10
 
-    with Prefetcher(make, start=3, depth=2) as pf:
+    with Prefetcher(make, start=3, end=9, depth=2) as pf:
         assert pf.get(3) == 30 and pf.get(4) == 40
         with pytest.raises(ValueError, match="boom at 5"):
             pf.get(5)
     with Prefetcher(make, start=0) as pf, pytest.raises(RuntimeError, match="next prepared step is 0"):
         pf.get(1)
+    made = []
+    with Prefetcher(lambda s: made.append(s) or s, start=0, end=2, depth=4) as pf:
+        assert pf.get(0) == 0 and pf.get(1) == 1
+        pf._thread.join(timeout=10)
+    assert made == [0, 1]  # nothing is prepared past the last step
 
 
 # ---- evaluation protocol ----------------------------------------------------------------------------------------

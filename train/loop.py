@@ -35,8 +35,8 @@ from ghn import GHN, GHNConfig, Graph
 from ghn.decoder import ParamQuery
 from ghn.errors import ConfigError
 
-from .checkpoint import (CONFIG_YAML, LATEST, Checkpoint, clean_partial_saves, git_hash, load_checkpoint,
-                         load_optimizer_state, optimizer_state, save_checkpoint)
+from .checkpoint import (CONFIG_YAML, LATEST, Checkpoint, atomic_write_text, clean_partial_saves, git_hash,
+                         load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint)
 from .config import TrainConfig
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, init_distributed, shutdown
 from .metrics import MetricsLog
@@ -195,13 +195,13 @@ def _train(cfg: TrainConfig, info: DistInfo, command: str | None) -> dict[str, A
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         clean_partial_saves(out)
-        (out / CONFIG_YAML).write_text(cfg.to_yaml())
+        atomic_write_text(out / CONFIG_YAML, cfg.to_yaml())
     last: dict[str, float] = {}
     bar = tqdm(total=cfg.steps, initial=start, disable=not info.is_main, desc="meta-train", unit="step",
                dynamic_ncols=True, file=sys.stderr)
     busy, n_window = 0.0, 0  # seconds spent in steps (data wait included; checkpoints and evaluation not)
     arch_pos = arch_state[info.rank] if arch_state else None
-    with Prefetcher(prepare, start, cfg.prefetch) as prefetch:
+    with Prefetcher(prepare, start, cfg.steps, cfg.prefetch) as prefetch:
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
             inp = prefetch.get(step)

@@ -18,11 +18,12 @@ _DONE = object()
 
 
 class Prefetcher(Generic[T]):
-    """Call ``make(step)`` for ``step = start, start + 1, ...`` in a daemon thread, ``depth`` steps ahead.
+    """Call ``make(step)`` for ``step = start, ..., end - 1`` in a daemon thread, ``depth`` steps ahead.
 
     Args:
         make: builds the item of one step (must be safe to run off the main thread).
         start: the first step.
+        end: one past the last step (None: no end).
         depth: at most this many finished items wait in the queue.
 
     Example:
@@ -31,15 +32,15 @@ class Prefetcher(Generic[T]):
         (9, 16)
     """
 
-    def __init__(self, make: Callable[[int], T], start: int, depth: int = 2):
-        self._make, self._next = make, start
+    def __init__(self, make: Callable[[int], T], start: int, end: int | None = None, depth: int = 2):
+        self._make, self._next, self._end = make, start, end
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(start,), name="train-prefetch", daemon=True)
         self._thread.start()
 
     def _run(self, step: int) -> None:
-        while not self._stop.is_set():
+        while not self._stop.is_set() and (self._end is None or step < self._end):
             try:
                 item = (step, self._make(step), None)
             except BaseException as e:  # handed to the consumer, which raises it in the main thread
