@@ -1,4 +1,4 @@
-"""train: idx parsing, Fashion-MNIST / fortunes streams, the prefetcher and the zero-shot evaluation protocol."""
+"""train: idx parsing, the Fashion-MNIST / fortunes streams and the prefetcher."""
 import copy
 import gzip
 import struct
@@ -9,7 +9,6 @@ import torch
 from ghn.errors import ConfigError
 from train.data import (FMNIST_MEAN, FMNIST_STD, ImageStream, TextStream, fashion_mnist, fortunes_bytes, normalize,
                         read_idx)
-from train.evaluate import ImageEvalData, accuracy, bn_batches, zero_shot_accuracy
 from train.prefetch import Prefetcher
 
 
@@ -99,39 +98,3 @@ def test_prefetcher_yields_in_order_and_reraises_errors():
         assert pf.get(0) == 0 and pf.get(1) == 1
         pf._thread.join(timeout=10)
     assert made == [0, 1]  # nothing is prepared past the last step
-
-
-# ---- evaluation protocol ----------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def eval_data():
-    return ImageEvalData.load(test_images=2000)
-
-
-def test_bn_batches_are_fixed_by_seed(eval_data):
-    a, b = list(bn_batches(eval_data.train_x)), list(bn_batches(eval_data.train_x))
-    assert len(a) == 20 and a[0].shape == (128, 1, 28, 28) and all(torch.equal(u, v) for u, v in zip(a, b))
-    assert not torch.equal(next(bn_batches(eval_data.train_x, seed=1)), a[0])
-
-
-def test_zero_shot_accuracy_recalibrates_bn_and_measures_test_accuracy(eval_data):
-    # A linear classifier fitted for a few steps is far above chance; BatchNorm's statistics start wrong
-    # (zeros/ones) and must be recomputed from training images for the accuracy to survive.
-    torch.manual_seed(0)
-    bn = torch.nn.BatchNorm2d(1)
-    lin = torch.nn.Linear(784, 10)
-    model = torch.nn.Sequential(bn, torch.nn.Flatten(), lin)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    xu, y = fashion_mnist("train", limit=4096)
-    x = normalize(xu)
-    for i in range(0, 4096, 128):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(model(x[i:i + 128]), y[i:i + 128]).backward()
-        opt.step()
-    bn.reset_running_stats()
-    bn.weight.data.fill_(1.0), bn.bias.data.zero_()
-    acc = zero_shot_accuracy(model, eval_data)
-    assert not model.training and bn.momentum == 0.1  # eval mode; momentum restored after recalibration
-    assert bn.num_batches_tracked.item() == 20
-    assert abs(bn.running_mean.item()) < 0.05  # recomputed from data normalised to mean 0
-    assert 60 < acc <= 100
-    assert accuracy(model, eval_data.test_x, eval_data.test_y) == acc

@@ -183,3 +183,32 @@ def test_two_process_ddp_run(tmp_path):
     # a DDP checkpoint is resumed by the same number of processes only
     with pytest.raises(ConfigError, match="written by 2 processes"):
         train(_tiny(resume=str(out), out=str(tmp_path / "single")))
+
+
+def test_bf16_autocast_keeps_the_decoder_in_fp32():
+    from ghn import GHNConfig
+    from model_zoo import graph_of, sample_arch
+    from train.loop import Predictor
+
+    torch.manual_seed(0)
+    ghn = GHN(GHNConfig.preset("tiny"))
+    graphs = [graph_of(sample_arch("mlp", s, max_params=20_000, max_depth=2)) for s in range(2)]
+    full, amp = Predictor(ghn, amp=False)(graphs), Predictor(ghn, amp=True)(graphs)
+    for a, b in zip(full, amp):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert b[k].dtype == torch.float32 and b[k].requires_grad
+            # the encoder ran in bf16 (8-bit mantissa): close to fp32, but not identical
+            assert torch.allclose(a[k], b[k], rtol=0.1, atol=0.1 * a[k].abs().max().item() + 1e-6)
+    assert any(not torch.equal(a[k], b[k]) for a, b in zip(full, amp) for k in a)
+
+
+def test_lm_task_on_fortunes(tmp_path):
+    cfg = TrainConfig.from_dict(dict(out=str(tmp_path / "lm"), steps=2, ckpt_every=2, log_every=1, threads=1,
+                                     task="lm", batch_size=4, seq_len=16, families=["gpt", "llama"],
+                                     max_params=30_000, zoo_constraints={"max_depth": 1}, ghn_preset="tiny",
+                                     meta_batch=2, warmup_steps=1))
+    summary = train(cfg)
+    assert summary["skipped"] == 0 and 0 < summary["loss"] < 50 and summary["bits_per_byte"] > 0
+    ghn = GHN.from_pretrained(tmp_path / "lm" / "ckpt-0000002")
+    assert ghn.config.notes["task"] == "lm" and ghn.config.num_classes is None
