@@ -1,11 +1,14 @@
 """train.evaluate: the zero-shot protocol (BatchNorm recalibration, test accuracy) and its command line."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from train.data import fashion_mnist, normalize
 from train.evaluate import ImageEvalData, accuracy, bn_batches, main, zero_shot_accuracy
+
+CONFIGS = Path(__file__).resolve().parents[1] / "train" / "configs"
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +50,19 @@ def test_evaluate_cli_compares_ghn_and_default_init(tmp_path, tiny_ghn, capsys):
     tiny_ghn.save_pretrained(tmp_path / "ghn")
     out = tmp_path / "eval.json"
     # MLPs keep this cheap; CNNs (full 28x28 resolution) go through the same code in the long benchmarks.
-    rc = main(["--ghn", str(tmp_path / "ghn"), "--archs", "2", "--families", "mlp", "--max-params", "20000",
-               "--constraints", '{"max_depth": 2}', "--images", "300", "--out", str(out)])
+    rc = main(["--ghn", str(tmp_path / "ghn"), "--config", str(CONFIGS / "tiny_cpu.yaml"), "--archs", "2",
+               "--families", "mlp", "--constraints", "{max_depth: 2}", "--images", "300", "--out", str(out)])
     assert rc == 0
     result = json.loads(out.read_text())
     assert [r["family"] for r in result["rows"]] == ["mlp", "mlp"]
     for row in result["rows"]:
-        assert row["name"].startswith(f"heldout_{row['family']}_") and 0 < row["params"] <= 20000
+        assert row["name"].startswith(f"heldout_{row['family']}_") and 0 < row["params"] <= 20000  # tiny_cpu's limit
         assert 0 <= row["ghn"] <= 100 and 0 <= row["default"] <= 100
     assert result["summary"]["all"]["archs"] == 2 and '"all"' in capsys.readouterr().out
 
 
-def test_evaluate_cli_reports_a_missing_ghn(tmp_path, capsys):
+def test_evaluate_cli_reports_a_missing_ghn_or_bad_config(tmp_path, capsys):
     assert main(["--ghn", str(tmp_path / "none"), "--archs", "1"]) == 1
-    assert "error" in capsys.readouterr().err
+    assert "is not a directory with a GHN checkpoint" in capsys.readouterr().err
+    assert main(["--ghn", str(tmp_path / "none"), "--families", "cnn", "gpt"]) == 1
+    assert "do not fit task 'image'" in capsys.readouterr().err

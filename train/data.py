@@ -23,7 +23,7 @@ import torch
 
 from ghn.errors import ConfigError
 
-__all__ = ["FMNIST_MEAN", "FMNIST_STD", "read_idx", "fashion_mnist", "normalize", "fortunes_bytes",
+__all__ = ["FMNIST_MEAN", "FMNIST_STD", "read_idx", "fashion_mnist", "normalize", "fortunes_bytes", "fortunes_split",
            "ImageStream", "TextStream", "fmnist_dir", "fortunes_dir", "stream_seed"]
 
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530  # Fashion-MNIST train-set pixel mean / std (after /255)
@@ -145,6 +145,13 @@ class ImageStream:
         return normalize(self.pixels[idx]), self.labels[idx]
 
 
+def fortunes_split(data_dir: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(train, val)`` byte tensors: the fortunes corpus with its last 5 % held out for validation."""
+    data = fortunes_bytes(data_dir)
+    split = int(len(data) * (1 - VAL_FRACTION))
+    return data[:split], data[split:]
+
+
 class TextStream:
     """Training windows of the fortunes bytes: ``batch(n)`` draws ``batch_size`` random windows of ``seq_len + 1``
     bytes (seeded by ``(seed, rank, n)``) and returns them shifted by one for next-byte prediction.
@@ -154,9 +161,7 @@ class TextStream:
     """
 
     def __init__(self, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0, data_dir: str | None = None):
-        data = fortunes_bytes(data_dir)
-        split = int(len(data) * (1 - VAL_FRACTION))
-        self.train, self.val = data[:split], data[split:]
+        self.train, self.val = fortunes_split(data_dir)
         self.batch_size, self.seq_len, self.seed, self.rank = batch_size, seq_len, seed, rank
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,9 +7,7 @@ unless a prefix is asked for). No other training. The BatchNorm batches are the 
 
 LM protocol: next-byte cross-entropy (nats) on fixed windows of the fortunes validation split, in eval mode.
 
-Command line (compares predicted vs default init on held-out archs of model_zoo, writes JSON)::
-
-    python -m train.evaluate --ghn checkpoints/ghn-fmnist --archs 24 --out eval.json
+Command line: compares predicted vs default init on held-out archs of model_zoo (see ``EXAMPLES``), writes JSON.
 """
 from __future__ import annotations
 
@@ -25,18 +23,29 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 from ghn import GHN
-from ghn.errors import GHNError
+from ghn.errors import ConfigError, GHNError
 from ghn.prediction import recalibrate_bn
 
-from .data import fashion_mnist, fortunes_bytes, normalize, stream_seed
+from .config import LM_FAMILIES, TrainConfig, load_yaml
+from .data import fashion_mnist, fortunes_split, normalize, stream_seed
+from .tasks import zoo_constraints
 
 __all__ = ["ImageEvalData", "bn_batches", "accuracy", "zero_shot_accuracy", "lm_loss", "evaluate_archs",
            "eval_specs", "summarize", "main"]
 
 logger = logging.getLogger(__name__)
+
+EXAMPLES = """Examples:
+    # the shipped predictor on 30 held-out archs of its own training distribution, all 10,000 test images
+    python -m train.evaluate --ghn checkpoints/ghn-fmnist --config train/configs/fmnist.yaml --archs 30 \\
+        --out eval.json
+    # other families or sizes
+    python -m train.evaluate --ghn runs/fmnist/ckpt-0002500 --families cnn --max-params 200000 --archs 8
+"""
 
 BN_BATCHES, BN_BATCH_SIZE = 20, 128  # BatchNorm recalibration protocol
 
@@ -173,12 +182,14 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n")[0],
-                                allow_abbrev=False)
+                                allow_abbrev=False, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ghn", default="checkpoints/ghn-fmnist", help="GHN directory or Hub repo id")
-    p.add_argument("--archs", type=int, default=24, help="number of held-out archs")
-    p.add_argument("--families", nargs="+", default=["cnn", "vit", "mlp"], help="model_zoo families")
-    p.add_argument("--max-params", type=int, default=100_000, help="largest arch (parameters)")
-    p.add_argument("--constraints", default="{}", help="extra sampler constraints (JSON)")
+    p.add_argument("--config", metavar="FILE.yaml", default=None,
+                   help="a training config: its task, families, max_params and zoo_constraints pick the archs")
+    p.add_argument("--archs", type=int, default=24, help="number of held-out archs, split evenly over the families")
+    p.add_argument("--families", nargs="+", default=None, help="model_zoo families (overrides --config)")
+    p.add_argument("--max-params", type=int, default=None, help="largest arch (overrides --config)")
+    p.add_argument("--constraints", default=None, help="sampler constraints as YAML/JSON (overrides --config)")
     p.add_argument("--images", type=int, default=10_000, help="test images (a prefix of the test set)")
     p.add_argument("--seed", type=int, default=0, help="selects the held-out archs and the BatchNorm batches")
     p.add_argument("--data-dir", default=None)
@@ -186,30 +197,43 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        cfg = _zoo_config(args)
         ghn = GHN.from_pretrained(args.ghn)
-        constraints = {"max_params": args.max_params, **json.loads(args.constraints)}
-        lm = all(f in ("gpt", "llama") for f in args.families)
-        if not lm:
-            constraints.update(input_shape=(1, 28, 28), num_classes=10)
-        specs = eval_specs(args.archs, tuple(args.families), constraints, seed=args.seed)
+        specs = eval_specs(args.archs, tuple(cfg.families), zoo_constraints(cfg), seed=args.seed)
         t0 = time.time()
-        if lm:
-            data = fortunes_bytes(args.data_dir)
-            rows = evaluate_archs(ghn, specs, lm_val=data[int(len(data) * 0.95):], seed=args.seed)
+        if cfg.task == "lm":
+            rows = evaluate_archs(ghn, specs, lm_val=fortunes_split(args.data_dir)[1], seed=args.seed)
         else:
             rows = evaluate_archs(ghn, specs, image_data=ImageEvalData.load(args.data_dir, args.images),
                                   seed=args.seed)
-    except (GHNError, json.JSONDecodeError) as e:
+    except GHNError as e:
         print(f"train.evaluate: error: {e}", file=sys.stderr)
         return 1
     summary = summarize(rows)
-    result = {"ghn": args.ghn, "archs": args.archs, "families": args.families, "constraints": constraints,
-              "test_images": args.images, "seed": args.seed, "seconds": round(time.time() - t0, 1),
-              "summary": summary, "rows": rows}
+    result = {"ghn": str(args.ghn), "task": cfg.task, "archs": len(rows), "families": cfg.families,
+              "constraints": zoo_constraints(cfg), "test_images": args.images if cfg.task == "image" else None,
+              "seed": args.seed, "seconds": round(time.time() - t0, 1), "summary": summary, "rows": rows}
     print(json.dumps(summary, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1, default=str))
     return 0
+
+
+def _zoo_config(args: argparse.Namespace) -> TrainConfig:
+    """The arch distribution to evaluate on: a training config's, with the command line's overrides."""
+    d = load_yaml(args.config) if args.config else {}
+    if args.families is not None:
+        d["families"] = args.families
+        if all(f in LM_FAMILIES for f in args.families):
+            d["task"] = "lm"
+    if args.max_params is not None:
+        d["max_params"] = args.max_params
+    if args.constraints is not None:
+        try:
+            d["zoo_constraints"] = yaml.safe_load(args.constraints)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--constraints is not valid YAML/JSON: {e}") from None
+    return TrainConfig.from_dict(d, source=args.config or "the command line")
 
 
 if __name__ == "__main__":

@@ -41,9 +41,9 @@ from .config import TrainConfig
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, init_distributed, shutdown
 from .metrics import MetricsLog
 from .prefetch import Prefetcher
-from .tasks import Task, make_task
+from .tasks import Task, make_task, zoo_constraints
 
-__all__ = ["train", "Predictor", "lr_lambda", "zoo_constraints", "ghn_config"]
+__all__ = ["train", "Predictor", "lr_lambda", "ghn_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,20 +52,6 @@ logger = logging.getLogger(__name__)
 def ghn_config(cfg: TrainConfig) -> GHNConfig:
     """The GHN's architecture from the run config (preset + overrides)."""
     return GHNConfig.preset(cfg.ghn_preset, **cfg.ghn_overrides)
-
-
-def zoo_constraints(cfg: TrainConfig, task: Task) -> dict[str, Any]:
-    """Sampler constraints: the task's shapes, the size limit, then the user's extra constraints.
-
-    ``cfg.zoo_constraints`` is either shared by all families (``{max_depth: 4}``) or per family
-    (``{cnn: {max_nodes: 2}, vit: {max_tokens: 49}}``, when every key is a family name), as model_zoo's
-    ArchDataset takes them.
-    """
-    base = {**task.constraints(), "max_params": cfg.max_params}
-    extra = cfg.zoo_constraints
-    if extra and set(extra) <= set(cfg.families):
-        return {f: {**base, **extra.get(f, {})} for f in cfg.families}
-    return {**base, **extra}
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -294,7 +280,7 @@ def _arch_iterator(cfg: TrainConfig, task: Task, info: DistInfo, state: list[dic
     from model_zoo import ArchDataset
 
     ds = ArchDataset(families=tuple(cfg.families), split="train", seed=cfg.seed,
-                     constraints=zoo_constraints(cfg, task), cache_dir=cfg.graph_cache, rank=info.rank,
+                     constraints=zoo_constraints(cfg), cache_dir=cfg.graph_cache, rank=info.rank,
                      world_size=info.world_size)
     if state is not None:
         ds.load_state_dict(state[info.rank])
@@ -354,7 +340,7 @@ def _evaluate(ghn: GHN, cfg: TrainConfig, task: Task) -> dict[str, float]:
     """Zero-shot metric on ``cfg.eval_archs`` held-out archs (rank 0 only; RNG untouched)."""
     from .evaluate import ImageEvalData, evaluate_archs, eval_specs, summarize
 
-    specs = eval_specs(cfg.eval_archs, tuple(cfg.families), zoo_constraints(cfg, task))
+    specs = eval_specs(cfg.eval_archs, tuple(cfg.families), zoo_constraints(cfg))
     if cfg.task == "image":
         rows = evaluate_archs(ghn, specs, image_data=ImageEvalData.load(cfg.data_dir, cfg.eval_images))
         key = "eval_acc"

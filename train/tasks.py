@@ -17,7 +17,7 @@ from torch.func import functional_call
 from .config import TrainConfig
 from .data import ImageStream, TextStream
 
-__all__ = ["Task", "ImageTask", "LMTask", "make_task", "run_functional"]
+__all__ = ["Task", "ImageTask", "LMTask", "make_task", "run_functional", "task_constraints", "zoo_constraints"]
 
 IMAGE_SHAPE = (1, 28, 28)
 NUM_CLASSES = 10
@@ -36,7 +36,7 @@ def run_functional(model: nn.Module, params: dict[str, torch.Tensor], x: torch.T
 
 
 class Task:
-    """Base class. Subclasses set ``name`` and implement :meth:`batch`, :meth:`loss` and :meth:`constraints`."""
+    """Base class. Subclasses set ``name`` and implement :meth:`batch` and :meth:`loss`."""
 
     name = ""
 
@@ -49,9 +49,6 @@ class Task:
         """Scalar task loss of ``model`` run with ``params`` on ``(x, y)``, plus float metrics to log."""
         raise NotImplementedError
 
-    def constraints(self) -> dict[str, Any]:
-        """model_zoo sampler constraints every arch of this task needs."""
-        raise NotImplementedError
 
 
 class ImageTask(Task):
@@ -70,9 +67,6 @@ class ImageTask(Task):
         loss = F.cross_entropy(logits, y)
         return loss, {"acc": (logits.argmax(1) == y).float().mean().item() * 100}
 
-    def constraints(self) -> dict[str, Any]:
-        return dict(input_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES)
-
 
 class LMTask(Task):
     """Causal byte-level language modelling on fortunes: next-byte cross-entropy of ``(B, T, 256)`` logits."""
@@ -80,7 +74,6 @@ class LMTask(Task):
     name = "lm"
 
     def __init__(self, cfg: TrainConfig, rank: int = 0):
-        self.seq_len = cfg.seq_len
         self.stream = TextStream(cfg.batch_size, cfg.seq_len, cfg.seed, rank, cfg.data_dir)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,8 +84,26 @@ class LMTask(Task):
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         return loss, {"bits_per_byte": loss.item() / 0.6931471805599453}
 
-    def constraints(self) -> dict[str, Any]:
-        return dict(vocab_size=VOCAB_SIZE, seq_len=self.seq_len)
+
+def task_constraints(cfg: TrainConfig) -> dict[str, Any]:
+    """model_zoo sampler constraints every arch of ``cfg.task`` needs to fit its data."""
+    if cfg.task == "image":
+        return dict(input_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES)
+    return dict(vocab_size=VOCAB_SIZE, seq_len=cfg.seq_len)
+
+
+def zoo_constraints(cfg: TrainConfig) -> dict[str, Any]:
+    """Sampler constraints of a run: the task's shapes, the size limit, then the user's extra constraints.
+
+    ``cfg.zoo_constraints`` is either shared by all families (``{max_depth: 4}``) or per family
+    (``{cnn: {max_nodes: 2}, vit: {max_tokens: 49}}``, when every key is a family name), as model_zoo's
+    ArchDataset takes them; the result has the same form.
+    """
+    base = {**task_constraints(cfg), "max_params": cfg.max_params}
+    extra = cfg.zoo_constraints
+    if extra and set(extra) <= set(cfg.families):
+        return {f: {**base, **extra.get(f, {})} for f in cfg.families}
+    return {**base, **extra}
 
 
 def make_task(cfg: TrainConfig, rank: int = 0) -> Task:
