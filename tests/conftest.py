@@ -9,7 +9,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP's spinning threads cost ~8x.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def ghn_():
+    """A fresh tiny GHN per test module, built without touching the global RNG stream."""
+    from ghn import GHN, GHNConfig
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return GHN(GHNConfig.preset("tiny")).eval()
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +47,15 @@ def tiny_bert():
     cfg = BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64, vocab_size=128,
                      max_position_embeddings=32)
     return AutoModel.from_config(cfg)
+
+
+@pytest.fixture(scope="session")
+def ghn_dir(tmp_path_factory):
+    """A tiny GHN saved with save_pretrained (seeded; the global RNG stream is left alone)."""
+    from ghn import GHN, GHNConfig
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        ghn = GHN(GHNConfig.preset("tiny"))
+    d = tmp_path_factory.mktemp("ghn")
+    ghn.save_pretrained(d)
+    return d

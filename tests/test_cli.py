@@ -9,13 +9,6 @@ from safetensors.torch import load_file
 from ghn.cli import main
 
 
-@pytest.fixture(scope="module")
-def ghn_dir(tmp_path_factory, tiny_ghn):
-    d = tmp_path_factory.mktemp("ghn")
-    tiny_ghn.save_pretrained(d)
-    return d
-
-
 def test_predict_timm_to_safetensors(ghn_dir, tmp_path, capsys):
     out = tmp_path / "r18.safetensors"
     rc = main(["--model", "timm:resnet18", "--model-kwargs", '{"num_classes": 10, "in_chans": 1}',

@@ -13,27 +13,6 @@ import torch
 from ghn.cli import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP's spinning threads cost ~8x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
-@pytest.fixture(scope="module")
-def ghn_dir(tmp_path_factory):
-    from ghn import GHN, GHNConfig
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        ghn = GHN(GHNConfig.preset("tiny"))
-    d = tmp_path_factory.mktemp("ghn")
-    ghn.save_pretrained(d)
-    return d
-
-
 def _exit_code(argv, capsys):
     try:
         rc = main(argv)
@@ -102,8 +81,6 @@ def test_wrong_input_shape_is_one_line(ghn_dir, tmp_path, capsys):
                           "--out", str(tmp_path / "o.safetensors")], capsys)
     assert rc == 1 and "could not run ResNet" in err and "input_size=(3, " in err
     assert not (tmp_path / "o.safetensors").exists()
-
-
 
 
 @pytest.mark.parametrize("extra,match", [

@@ -22,16 +22,6 @@ from ghn import GHN, GHNConfig, build_graph
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP's spinning threads cost ~8x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 import functools
 
 
@@ -64,16 +54,6 @@ def _predict_all(ghn: GHN, light: bool = False) -> dict[str, torch.Tensor]:
         for name, t in ghn.predict_params(model, x).items():
             out[f"{key}/{name}"] = t
     return out
-
-
-@pytest.fixture(scope="module")
-def ghn_dir(tmp_path_factory):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        ghn = GHN(GHNConfig.preset("tiny"))
-    d = tmp_path_factory.mktemp("ghn")
-    ghn.save_pretrained(d)
-    return d
 
 
 @pytest.fixture(scope="module")

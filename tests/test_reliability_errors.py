@@ -14,23 +14,6 @@ from ghn.graph import NotAModuleError
 from ghn.prediction import recalibrate_bn, resolve_device, write_params
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP's spinning threads cost ~8x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
-@pytest.fixture(scope="module")
-def ghn_():
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return GHN(GHNConfig.preset("tiny")).eval()
-
-
 def _params(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: t.detach().clone() for n, t in [*model.named_parameters(), *model.named_buffers()]}
 

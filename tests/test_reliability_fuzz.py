@@ -20,16 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 N_CASES = 160
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP's spinning threads cost ~8x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 def _fuzz():
     spec = importlib.util.spec_from_file_location("ghn_fuzz", ROOT / "scripts" / "fuzz.py")
     module = importlib.util.module_from_spec(spec)
@@ -39,13 +29,6 @@ def _fuzz():
 
 
 fuzz = _fuzz()
-
-
-@pytest.fixture(scope="module")
-def ghn_():
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return GHN(GHNConfig.preset("tiny")).eval()
 
 
 @pytest.fixture(scope="module")

@@ -24,16 +24,6 @@ SCANNED = ("ghn", "model_zoo", "train")
 PICKLE_MODULES = frozenset({"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP's spinning threads cost ~8x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
 # ---- the pickle scan ----------------------------------------------------------------------------------------------
 def _kw(call: ast.Call, name: str):
     for k in call.keywords:

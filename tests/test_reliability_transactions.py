@@ -12,23 +12,6 @@ from ghn import GHN, GHNConfig, build_graph
 from ghn.errors import ExampleInputError, GHNError, GraphError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP's spinning threads cost ~8x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-
-@pytest.fixture(scope="module")
-def ghn_():
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return GHN(GHNConfig.preset("tiny")).eval()
-
-
 def _net():
     torch.manual_seed(1)
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
