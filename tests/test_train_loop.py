@@ -212,3 +212,22 @@ def test_lm_task_on_fortunes(tmp_path):
     assert summary["skipped"] == 0 and 0 < summary["loss"] < 50 and summary["bits_per_byte"] > 0
     ghn = GHN.from_pretrained(tmp_path / "lm" / "ckpt-0000002")
     assert ghn.config.notes["task"] == "lm" and ghn.config.num_classes is None
+
+
+def test_release_writes_hub_layout_with_a_model_card(reference, tmp_path):
+    from train.release import main as release_main
+
+    out, _, _ = reference
+    evaluation = {"command": "python -m train.evaluate --archs 2", "archs": 2, "families": ["mlp"], "seed": 0,
+                  "constraints": {"max_params": 20000}, "test_images": 300,
+                  "summary": {"all": {"ghn": 31.5, "default": 9.5, "archs": 2}},
+                  "rows": [{"name": "heldout_mlp_4", "family": "mlp", "params": 11418, "ghn": 40.0, "default": 9.0},
+                           {"name": "heldout_mlp_8", "family": "mlp", "params": 7850, "ghn": 23.0, "default": 10.0}]}
+    (tmp_path / "eval.json").write_text(json.dumps(evaluation))
+    assert release_main([str(out), "--eval", str(tmp_path / "eval.json"), "--to", str(tmp_path / "ghn-x")]) == 0
+    assert sorted(p.name for p in (tmp_path / "ghn-x").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    _assert_same(_weights(tmp_path / "ghn-x"), _weights(out / "ckpt-0000006"))
+    card = (tmp_path / "ghn-x" / "README.md").read_text()
+    assert "tiny_cpu.yaml" in card and "| all | 2 | 31.5 | 9.5 |" in card and "beats the default init on 2 of 2" in card
+    assert "python -m train.evaluate --archs 2" in card
+    assert GHN.from_pretrained(tmp_path / "ghn-x").config.trained

@@ -3,14 +3,26 @@
 Modules: ``config`` (TrainConfig), ``cli`` (flags + YAML presets in ``configs/``), ``data`` (Fashion-MNIST,
 fortunes), ``tasks`` (losses of archs run with predicted parameters), ``loop`` (the meta-training step),
 ``distributed`` (torchrun/DDP), ``checkpoint`` (atomic safetensors + JSON), ``metrics`` / ``plot`` (JSONL, PNG),
-``prefetch`` (background data preparation), ``evaluate`` (zero-shot accuracy on held-out archs).
+``prefetch`` (background data preparation), ``evaluate`` (zero-shot accuracy on held-out archs), ``release``
+(checkpoint → Hub layout + model card).
 
 Example:
-    >>> from train import TrainConfig, train
-    >>> train(TrainConfig.from_dict(load_yaml("train/configs/tiny_cpu.yaml"), base=None))
+    >>> from train import TrainConfig, load_yaml, train
+    >>> train(TrainConfig.from_dict({**load_yaml("train/configs/tiny_cpu.yaml"), "out": "runs/tiny"}))
 """
+from typing import Any
+
 from .config import TrainConfig as TrainConfig, load_yaml as load_yaml
-from .evaluate import zero_shot_accuracy as zero_shot_accuracy
-from .loop import train as train
 
 __all__ = ["TrainConfig", "load_yaml", "train", "zero_shot_accuracy"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so `python -m train.evaluate` does not import train.evaluate twice (runpy warns about that).
+    if name == "train":
+        from .loop import train
+        return train
+    if name == "zero_shot_accuracy":
+        from .evaluate import zero_shot_accuracy
+        return zero_shot_accuracy
+    raise AttributeError(f"module 'train' has no attribute {name!r}")

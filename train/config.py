@@ -19,10 +19,13 @@ import yaml
 
 from ghn.errors import ConfigError
 
-__all__ = ["TrainConfig", "load_yaml", "IMAGE_FAMILIES", "LM_FAMILIES"]
+__all__ = ["TrainConfig", "load_yaml", "family_task", "unknown_key_message"]
 
-IMAGE_FAMILIES = ("cnn", "vit", "mlp", "timm")  # model_zoo families whose task is "image"
-LM_FAMILIES = ("gpt", "llama")  # model_zoo families whose task is "lm"
+
+def family_task(name: str) -> str:
+    """The task ("image" or "lm") of a model_zoo family; ConfigError (with close names) if it is unknown."""
+    from model_zoo import get_family  # late: model_zoo imports timm and transformers
+    return get_family(name).task
 
 
 def _f(default: Any, group: str, help: str, **kw: Any) -> Any:
@@ -99,16 +102,15 @@ class TrainConfig:
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ConfigError(f"need lr > 0 and 0 <= min_lr_ratio <= 1, got lr={self.lr}, "
                               f"min_lr_ratio={self.min_lr_ratio}")
-        families = {"image": IMAGE_FAMILIES, "lm": LM_FAMILIES}
-        if self.task not in families:
+        if self.task not in ("image", "lm"):
             raise ConfigError(f"task must be 'image' or 'lm', got {self.task!r}")
         if not self.families:
             raise ConfigError("families is empty; name at least one model_zoo family, e.g. families: [cnn, mlp]")
-        wrong = [f for f in self.families if f not in families[self.task]]
+        wrong = [f for f in self.families if family_task(f) != self.task]
         if wrong:
             # One shared data batch per step means one task per run.
-            raise ConfigError(f"families {wrong} do not fit task {self.task!r}; its families are "
-                              f"{list(families[self.task])}")
+            raise ConfigError(f"families {wrong} do not fit task {self.task!r} (image: cnn, vit, mlp, timm; "
+                              "lm: gpt, llama)")
 
     # ---- (de)serialisation -------------------------------------------------------------------------------------
     @classmethod

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import statistics
 import sys
 import time
@@ -30,7 +31,7 @@ from ghn import GHN
 from ghn.errors import ConfigError, GHNError
 from ghn.prediction import recalibrate_bn
 
-from .config import LM_FAMILIES, TrainConfig, load_yaml
+from .config import TrainConfig, family_task, load_yaml
 from .data import fashion_mnist, fortunes_split, normalize, stream_seed
 from .tasks import zoo_constraints
 
@@ -210,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train.evaluate: error: {e}", file=sys.stderr)
         return 1
     summary = summarize(rows)
-    result = {"ghn": str(args.ghn), "task": cfg.task, "archs": len(rows), "families": cfg.families,
+    command = "python -m train.evaluate " + shlex.join(sys.argv[1:] if argv is None else argv)
+    result = {"command": command, "ghn": str(args.ghn), "task": cfg.task, "archs": len(rows), "families": cfg.families,
               "constraints": zoo_constraints(cfg), "test_images": args.images if cfg.task == "image" else None,
               "seed": args.seed, "seconds": round(time.time() - t0, 1), "summary": summary, "rows": rows}
     print(json.dumps(summary, indent=1))
@@ -224,7 +226,7 @@ def _zoo_config(args: argparse.Namespace) -> TrainConfig:
     d = load_yaml(args.config) if args.config else {}
     if args.families is not None:
         d["families"] = args.families
-        if all(f in LM_FAMILIES for f in args.families):
+        if all(family_task(f) == "lm" for f in args.families):
             d["task"] = "lm"
     if args.max_params is not None:
         d["max_params"] = args.max_params

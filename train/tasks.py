@@ -96,12 +96,15 @@ def zoo_constraints(cfg: TrainConfig) -> dict[str, Any]:
     """Sampler constraints of a run: the task's shapes, the size limit, then the user's extra constraints.
 
     ``cfg.zoo_constraints`` is either shared by all families (``{max_depth: 4}``) or per family
-    (``{cnn: {max_nodes: 2}, vit: {max_tokens: 49}}``, when every key is a family name), as model_zoo's
-    ArchDataset takes them; the result has the same form.
+    (``{cnn: {max_nodes: 2}, vit: {max_tokens: 49}}``, when every key is a model_zoo family), as model_zoo's
+    ArchDataset takes them; per-family entries of families the run does not sample are ignored. The result is
+    per family when the input is.
     """
+    from model_zoo import list_families
+
     base = {**task_constraints(cfg), "max_params": cfg.max_params}
     extra = cfg.zoo_constraints
-    if extra and set(extra) <= set(cfg.families):
+    if extra and set(extra) <= set(list_families()):
         return {f: {**base, **extra.get(f, {})} for f in cfg.families}
     return {**base, **extra}
 
