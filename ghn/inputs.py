@@ -59,8 +59,10 @@ def default_example_inputs(model: nn.Module) -> torch.Tensor | dict:
         if isinstance(img_size, tuple | list) and len(img_size) == 2:
             h, w = img_size
         # models built with in_chans=... also keep the pretrained channel count: the first conv knows better
+        # (timm models record it as `in_chans`; a parameter-free stem such as space-to-depth changes what the
+        # first conv sees, so that is only the fallback)
         first_conv = next((m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)), None)
-        c = getattr(first_conv, "in_channels", c)
+        c = getattr(model, "in_chans", None) or getattr(first_conv, "in_channels", c)
         return torch.randn(BATCH, c, h, w, dtype=_float_dtype(model))
     hf_config = getattr(model, "config", None)
     if hf_config is not None and hasattr(hf_config, "to_dict"):
