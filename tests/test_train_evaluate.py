@@ -46,11 +46,10 @@ def test_zero_shot_accuracy_recalibrates_bn_and_measures_test_accuracy(eval_data
     assert accuracy(model, eval_data.test_x, eval_data.test_y) == acc
 
 
-def test_evaluate_cli_compares_ghn_and_default_init(tmp_path, tiny_ghn, capsys):
-    tiny_ghn.save_pretrained(tmp_path / "ghn")
+def test_evaluate_cli_compares_ghn_and_default_init(tmp_path, ghn_dir, capsys):
     out = tmp_path / "eval.json"
     # MLPs keep this cheap; CNNs (full 28x28 resolution) go through the same code in the long benchmarks.
-    rc = main(["--ghn", str(tmp_path / "ghn"), "--config", str(CONFIGS / "tiny_cpu.yaml"), "--archs", "2",
+    rc = main(["--ghn", str(ghn_dir), "--config", str(CONFIGS / "tiny_cpu.yaml"), "--archs", "2",
                "--families", "mlp", "--constraints", "{max_depth: 2}", "--images", "300", "--out", str(out)])
     assert rc == 0
     result = json.loads(out.read_text())

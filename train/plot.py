@@ -46,11 +46,15 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
     ax.plot(*_series(records, "lr"), label="lr", color="tab:green")
     ax.set_title("learning rate / grad norm")
     ax2 = ax.twinx()
-    ax2.plot(*_series(records, "grad_norm"), label="grad norm", color="tab:gray", alpha=0.6)
+    ax2.plot(*_series(records, "grad_norm"), label="grad norm (right axis)", color="tab:gray", alpha=0.6)
     for ax in axes:
         ax.set_xlabel("step")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+        handles, labels = ax.get_legend_handles_labels()
+        if ax is axes[2]:
+            h2, l2 = ax2.get_legend_handles_labels()
+            handles, labels = handles + h2, labels + l2
+        if handles:
+            ax.legend(handles, labels, fontsize=8)
     fig.tight_layout()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
     os.close(fd)
