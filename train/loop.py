@@ -287,8 +287,11 @@ def _arch_iterator(cfg: TrainConfig, task: Task, info: DistInfo, state: list[dic
     if cfg.workers == 0:
         return iter(ds)
     # Created here, in the main thread, so worker processes are forked before the prefetch thread starts.
+    # Its own generator: otherwise starting the workers draws from the global RNG, and a resumed run (which starts
+    # them again) would no longer replay the uninterrupted run's dropout masks.
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.workers,
-                                         prefetch_factor=max(2, cfg.meta_batch), persistent_workers=False)
+                                         prefetch_factor=max(2, cfg.meta_batch), persistent_workers=False,
+                                         generator=torch.Generator().manual_seed(cfg.seed))
     return iter(loader)
 
 
