@@ -4,7 +4,7 @@ Examples:
     # the CI smoke run: a tiny GHN, tiny archs, a few steps on CPU (well under a minute)
     python -m train --config train/configs/tiny_cpu.yaml --out runs/tiny
 
-    # the shipped Fashion-MNIST predictor (about an hour on 2 CPU cores)
+    # the shipped Fashion-MNIST predictor (about 40 minutes on 2 CPU cores)
     python -m train --config train/configs/fmnist.yaml --out runs/fmnist
 
     # continue a run (its config is read from the checkpoint; flags still override, e.g. more steps)

@@ -56,7 +56,7 @@ def model_card(ghn: GHN, state: dict[str, Any], train_cfg: dict[str, Any], summa
              f"- command: `{state.get('command') or notes.get('command')}`",
              f"- data: {notes.get('data')}", f"- architectures: {notes.get('zoo')}",
              f"- steps: {state['step']} x {notes.get('meta_batch')} archs, {notes.get('batch_size')} images per step",
-             f"- git commit: `{state.get('git')}`"]
+             f"- code: {state.get('git')}"]
     if summary:
         acc = summary.get("final_train_acc")
         lines += [f"- wall time: {summary['wall_min']:.0f} min on a 2-core CPU; final loss {summary['final_loss']:.3f}"
@@ -90,18 +90,30 @@ def model_card(ghn: GHN, state: dict[str, Any], train_cfg: dict[str, Any], summa
     return "\n".join(lines)
 
 
-def release(checkpoint: str | Path, to: str | Path, evaluation: dict[str, Any] | None = None) -> Path:
-    """Copy the GHN of ``checkpoint`` (a run or checkpoint directory) to ``to`` with a model card."""
+def release(checkpoint: str | Path, to: str | Path, evaluation: dict[str, Any] | None = None,
+            command: str | None = None, code: str | None = None) -> Path:
+    """Copy the GHN of ``checkpoint`` (a run or checkpoint directory) to ``to`` with a model card.
+
+    Args:
+        evaluation: the JSON of ``python -m train.evaluate --out``.
+        command: the training command to record instead of the one the run saw (e.g. with repo-relative paths).
+        code: where the training code came from, when the checkpoint's git hash is missing or not the whole story.
+    """
     ckpt = load_checkpoint(checkpoint)
     ghn = GHN.from_pretrained(ckpt.path)
     ghn.config.trained = True
+    state = dict(ckpt.state)
+    if command:
+        state["command"] = ghn.config.notes["command"] = command
+    if code:
+        state["git"] = code
     out = Path(to)
     out.mkdir(parents=True, exist_ok=True)
     (out / "README.md").unlink(missing_ok=True)  # save_pretrained keeps an existing card; ours replaces it
     ghn.save_pretrained(out)
     summary = _training_summary(read_metrics(ckpt.path.parent / METRICS))
     train_cfg = load_yaml(ckpt.path / CONFIG_YAML)
-    atomic_write_text(out / "README.md", model_card(ghn, ckpt.state, train_cfg, summary, evaluation, out.name))
+    atomic_write_text(out / "README.md", model_card(ghn, state, train_cfg, summary, evaluation, out.name))
     return out
 
 
@@ -110,10 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", help="a run directory (its latest checkpoint) or a checkpoint directory")
     p.add_argument("--to", required=True, help="output directory (Hub layout)")
     p.add_argument("--eval", default=None, help="JSON written by `python -m train.evaluate --out`")
+    p.add_argument("--command", default=None, help="training command to record (default: the one the run saw)")
+    p.add_argument("--code", default=None, help="where the training code came from (default: the run's git hash)")
     args = p.parse_args(argv)
     try:
         evaluation = json.loads(Path(args.eval).read_text()) if args.eval else None
-        print(release(args.checkpoint, args.to, evaluation))
+        print(release(args.checkpoint, args.to, evaluation, args.command, args.code))
     except (GHNError, OSError, json.JSONDecodeError) as e:
         print(f"train.release: error: {e}", file=sys.stderr)
         return 1
