@@ -85,7 +85,8 @@ def test_tiny_cli_run_writes_everything(reference):
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the schedule: linear warm-up, then cosine down to min_lr_ratio * lr at the last step
     assert records[0]["lr"] == pytest.approx(cfg.lr / cfg.warmup_steps)
-    lr_end = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * (cfg.steps - 1 - cfg.warmup_steps) / (cfg.steps - cfg.warmup_steps)))
+    t = (cfg.steps - 1 - cfg.warmup_steps) / (cfg.steps - cfg.warmup_steps)  # the last step's place in the decay
+    lr_end = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
     assert records[-1]["lr"] == pytest.approx(cfg.lr * lr_end)
 
 

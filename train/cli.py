@@ -28,7 +28,6 @@ import shlex
 import sys
 import types
 import typing
-from pathlib import Path
 from typing import Any
 
 import yaml

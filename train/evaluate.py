@@ -183,7 +183,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n")[0],
-                                allow_abbrev=False, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                allow_abbrev=False, epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ghn", default="checkpoints/ghn-fmnist", help="GHN directory or Hub repo id")
     p.add_argument("--config", metavar="FILE.yaml", default=None,
                    help="a training config: its task, families, max_params and zoo_constraints pick the archs")

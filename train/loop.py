@@ -165,7 +165,7 @@ def _train(cfg: TrainConfig, info: DistInfo, command: str | None) -> dict[str, A
         start, arch_state = _restore(ckpt, ghn, opt, sched, counters, cfg, info)
     ghn.train()
 
-    archs = _arch_iterator(cfg, task, info, arch_state)
+    archs = _arch_iterator(cfg, info, arch_state)
 
     def prepare(step: int) -> StepInputs:
         samples = [next(archs) for _ in range(cfg.meta_batch)]
@@ -275,7 +275,7 @@ def _step(predictor: nn.Module, ghn: GHN, task: Task, inp: StepInputs, opt: torc
     return {"loss": mean[0], "task_loss": mean[1], "reg": mean[2], "grad_norm": grad_norm, **extra}
 
 
-def _arch_iterator(cfg: TrainConfig, task: Task, info: DistInfo, state: list[dict] | None) -> Iterator:
+def _arch_iterator(cfg: TrainConfig, info: DistInfo, state: list[dict] | None) -> Iterator:
     """This rank's stream of training archs, positioned where the checkpoint left it."""
     from model_zoo import ArchDataset
 

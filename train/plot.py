@@ -37,7 +37,8 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
     for key, label in (("acc", "train-batch acc (%)"), ("bits_per_byte", "train bits/byte"),
                        ("eval_acc_ghn", "held-out zero-shot acc, GHN (%)"),
                        ("eval_acc_default", "held-out zero-shot acc, default init (%)"),
-                       ("eval_loss_ghn", "held-out val loss, GHN"), ("eval_loss_default", "held-out val loss, default")):
+                       ("eval_loss_ghn", "held-out val loss, GHN"),
+                       ("eval_loss_default", "held-out val loss, default")):
         steps, values = _series(records, key)
         if steps:
             ax.plot(steps, values, "o-" if key.startswith("eval") else "-", label=label)

@@ -68,7 +68,8 @@ def model_card(ghn: GHN, state: dict[str, Any], train_cfg: dict[str, Any], summa
     if evaluation:
         s = evaluation["summary"]
         lines += ["", "## Evaluation: zero-shot on held-out architectures", "",
-                  f"{evaluation['archs']} architectures of the training distribution ({', '.join(evaluation['families'])}"
+                  f"{evaluation['archs']} architectures of the training distribution "
+                  f"({', '.join(evaluation['families'])}"
                   f"; constraints `{json.dumps(evaluation['constraints'])}`) from model_zoo's **held-out split**, "
                   "never seen in meta-training. Test accuracy (%) on the "
                   f"{evaluation['test_images']:,} Fashion-MNIST test images with no training: parameters from "
