@@ -173,9 +173,10 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
                 unknown = materialize(model, device or "cpu")
                 if unknown:
                     logger.warning("buffers %s were on the meta device and are left at zero", unknown)
+                own = dict(model.named_parameters())  # once, not per tensor
                 for info, w in self._decode(graph):
-                    check_prediction(model, {info.name: w})
-                    write_params(model, [(info.name, w)])
+                    check_prediction(model, {info.name: w}, own)
+                    write_params(model, [(info.name, w)], own)
                     del w
             else:
                 params = dict((info.name, w) for info, w in self._decode(graph))

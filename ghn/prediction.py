@@ -56,7 +56,8 @@ class Prediction(Mapping[str, torch.Tensor]):
         return out
 
 
-def check_prediction(model: nn.Module, params: Mapping[str, torch.Tensor]) -> None:
+def check_prediction(model: nn.Module, params: Mapping[str, torch.Tensor],
+                     own: Mapping[str, nn.Parameter] | None = None) -> None:
     """Raise before anything is written if a tensor does not fit its parameter or is not finite.
 
     Finiteness is checked in the parameter's own dtype too: a value that fits fp32 but not fp16 would become Inf.
@@ -65,7 +66,7 @@ def check_prediction(model: nn.Module, params: Mapping[str, torch.Tensor]) -> No
         GraphError: a name or shape that is not the model's (the graph was built from another model).
         GHNError: non-finite values.
     """
-    own = dict(model.named_parameters())
+    own = own if own is not None else dict(model.named_parameters())
     for name, t in params.items():
         if name not in own:
             raise GraphError(f"predicted tensor {name!r} is not a parameter of {type(model).__name__}; the graph "
@@ -87,9 +88,10 @@ def check_prediction(model: nn.Module, params: Mapping[str, torch.Tensor]) -> No
 
 
 @torch.no_grad()
-def write_params(model: nn.Module, params: Iterable[tuple[str, torch.Tensor]]) -> None:
+def write_params(model: nn.Module, params: Iterable[tuple[str, torch.Tensor]],
+                 own: Mapping[str, nn.Parameter] | None = None) -> None:
     """Copy tensors into the model's parameters in place (cast to their dtype, moved to their device)."""
-    own = dict(model.named_parameters())
+    own = own if own is not None else dict(model.named_parameters())
     for name, t in params:
         p = own[name]
         p.copy_(t.to(device=p.device, dtype=p.dtype))
