@@ -32,7 +32,11 @@ class GHNConfig:
     code_seed: int = 0  # seed of the fixed random frequencies of Φ (stored in the checkpoint as buffers)
     # Metadata about what the GHN was trained for (written to config.json; used by predict() defaults).
     num_classes: int | None = None  # classifier width seen in training (None: unknown / untrained)
-    input_shape: list[int] | None = None  # e.g. [1, 28, 28] for the Fashion-MNIST predictor
+    input_shape: list[int] | None = None  # one input: [C, H, W] for images ([1, 28, 28]: Fashion-MNIST), [T] for LMs
+    task: str | None = None  # "image" (classifiers of input_shape images) or "lm" (LMs over vocab_size tokens)
+    vocab_size: int | None = None  # lm: token vocabulary seen in training (256: bytes)
+    input_mean: list[float] | None = None  # image: per-channel mean of pixel/255 that inputs are normalised with
+    input_std: list[float] | None = None  # image: per-channel std; x = (pixel/255 - mean) / std
     trained: bool = False  # False for a randomly initialised GHN: predict() says so in its logs
     notes: dict[str, Any] = field(default_factory=dict)  # free-form provenance (data, steps, command)
 
@@ -45,6 +49,8 @@ class GHNConfig:
         if self.hidden_dim % self.num_heads:
             raise ConfigError(f"GHNConfig.hidden_dim ({self.hidden_dim}) must be divisible by num_heads "
                               f"({self.num_heads})")
+        if self.task not in (None, "image", "lm"):
+            raise ConfigError(f"GHNConfig.task must be 'image', 'lm' or None, got {self.task!r}")
         if self.rank > self.basis:
             raise ConfigError(f"GHNConfig.rank ({self.rank}) cannot exceed basis ({self.basis}): the factors "
                               "would have more rank than the index codes can carry")

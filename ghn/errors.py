@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "GraphError",
     "DeviceError",
+    "DomainWarning",
 ]
 
 
@@ -47,3 +48,12 @@ class GraphError(GHNError, ValueError):
 
 class DeviceError(GHNError, RuntimeError):
     """A tensor is on a device (or in a dtype) the operation cannot use."""
+
+
+class DomainWarning(UserWarning):
+    """A GHN predicts a model outside the domain it was trained on (see ``ghn.domain``).
+
+    Example message: ``GPT2LMHeadModel is a language model (token ids feed an nn.Embedding), but this GHN was
+    trained on image classification (1x28x28, 10 classes): ... use a GHN trained on language models
+    (checkpoints/ghn-fortunes) ...``
+    """

@@ -15,8 +15,9 @@ from huggingface_hub import PyTorchModelHubMixin
 from .binding import CoverageReport
 from .config import GHNConfig
 from .decoder import LowRankDecoder, ParamQuery
+from .domain import graph_for, warn_domain
 from .errors import CheckpointError, ConfigError, DeviceError, GHNError
-from .graph import Graph, build_graph
+from .graph import Graph
 from .inputs import ExampleInputs
 from .nn import GraphEncoder, collate
 from .prediction import (Prediction, check_prediction, materialize, recalibrate_bn, reinit_classifier,
@@ -107,7 +108,8 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
 
         Returns:
             a :class:`~ghn.prediction.Prediction` (``Mapping[str, Tensor]``) with ``.coverage``. Warns with
-            :class:`CoverageWarning` if coverage is below 100 %.
+            :class:`CoverageWarning` if coverage is below 100 %, and with :class:`~ghn.errors.DomainWarning` if
+            the model is outside the GHN's training domain (task, input shape, classes, vocabulary).
         """
         graph = self._graph(model, example_inputs, graph)
         was_training = self.training
@@ -130,7 +132,8 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         Args:
             model: the model; if it is on the ``meta`` device it is materialised on ``device`` (default CPU) and
                 filled tensor by tensor, so peak memory stays near the model's own size.
-            example_inputs: see :func:`ghn.build_graph`.
+            example_inputs: see :func:`ghn.build_graph`; when omitted, a batch shaped like the GHN's training
+                data (``config.input_shape``) if the model runs on it, else what the model declares.
             classifier: ``"predict"`` keeps the predicted classifier/LM head; ``"reinit"`` resets it to the
                 model's own initialisation (for a number of classes the GHN was not trained on).
             bn: BatchNorm running statistics are reset in both modes (they belonged to the old weights);
@@ -159,7 +162,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         if not self.config.trained:
             logger.warning("this GHN is untrained (config.trained=False): predicted parameters are a structured "
                            "random initialisation, not a learned one")
-        graph = self._graph(model, example_inputs, graph)
+        graph = self._graph(model, example_inputs, graph, check_classes=classifier == "predict")
         coverage = graph.coverage
         on_meta = any(p.is_meta for p in model.parameters())
         # Recalibration runs after the write and may fail on user data: keep a copy to roll back to.
@@ -201,10 +204,14 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         logger.info("predicted %s: %s", type(model).__name__, coverage.summary())
         return model
 
-    def _graph(self, model: nn.Module, example_inputs: ExampleInputs, graph: Graph | None) -> Graph:
-        if graph is not None:
-            return graph
-        return build_graph(model, example_inputs, max_hops=self.config.max_hops)
+    def _graph(self, model: nn.Module, example_inputs: ExampleInputs, graph: Graph | None,
+               check_classes: bool = True) -> Graph:
+        """The model's graph (built unless given; without inputs, traced with the GHN's training input), after
+        warning with a DomainWarning if the model is outside what this GHN was trained on."""
+        if graph is None:
+            graph, example_inputs = graph_for(self.config, model, example_inputs, self.config.max_hops)
+        warn_domain(self.config, model, graph, example_inputs, check_classes=check_classes, stacklevel=4)
+        return graph
 
     def _decode(self, graph: Graph):
         h = self.embed([graph])[0]
