@@ -15,6 +15,7 @@ __all__ = [
     "GraphError",
     "DeviceError",
     "DomainWarning",
+    "NotAModuleError",
 ]
 
 
@@ -57,3 +58,7 @@ class DomainWarning(UserWarning):
     trained on image classification (1x28x28, 10 classes): ... use a GHN trained on language models
     (checkpoints/ghn-fortunes) ...``
     """
+
+
+class NotAModuleError(GHNError, TypeError):
+    """``build_graph`` / ``predict`` got something that is not an ``nn.Module`` (e.g. a class, a state dict)."""

@@ -11,6 +11,7 @@ Work is O(N + E) over the autograd graph, plus a BFS per node for shortest-path 
 from __future__ import annotations
 
 import math
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from .binding import ROLES, CoverageReport, ParamInfo, free_param_op, param_role
-from .errors import GHNError, GraphError, UnsupportedModuleError
+from .errors import GraphError, NotAModuleError, UnsupportedModuleError
 from .inputs import ExampleInputs, resolve_example_inputs
 from .ops import OP_ID, SKIP, autograd_op, module_op
 from .trace import trace_model
@@ -163,7 +164,11 @@ class Graph:
         Fields: ``x`` (N,) op ids, ``shape`` (N, 4), ``edge_index`` (2, E), ``edge_attr`` (E, 1) hop count (1),
         ``spd`` (N, N) capped distances, and ``node_names`` / ``node_ops`` / ``param_names`` as lists.
         """
-        from torch_geometric.data import Data
+        with warnings.catch_warnings():
+            # torch_geometric calls the deprecated torch.jit.script at import time; the FutureWarning is about
+            # its code, not the caller's, and says nothing a ghn user can act on.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+            from torch_geometric.data import Data
         ei = self.edge_index
         return Data(x=self.op_ids, shape=self.shapes, edge_index=ei, edge_attr=torch.ones(ei.shape[1], 1),
                     spd=self.distances(), num_nodes=len(self), node_names=[n.name for n in self.nodes],
@@ -270,7 +275,7 @@ def build_graph(model: nn.Module, example_inputs: ExampleInputs = None, *, max_h
     Raises:
         ExampleInputError: no usable example inputs, or the model fails on them.
         UnsupportedModuleError: a parameter that no op can hold (e.g. complex-valued).
-        GHNError: ``model`` is not an ``nn.Module``.
+        NotAModuleError: ``model`` is not an ``nn.Module``.
 
     Example:
         >>> g = build_graph(timm.create_model("resnet18"), torch.randn(2, 3, 64, 64))
@@ -285,10 +290,6 @@ def build_graph(model: nn.Module, example_inputs: ExampleInputs = None, *, max_h
     nodes, edges = _Builder(sites, trace, tied).run()
     return Graph(nodes=nodes, edges=edges, missing=missing, tied=tied, numel=numel,
                  model_name=type(model).__name__, max_hops=max_hops)
-
-
-class NotAModuleError(GHNError, TypeError):
-    """``build_graph`` / ``predict`` got something that is not an ``nn.Module``."""
 
 
 def _collect_params(model: nn.Module):

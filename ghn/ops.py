@@ -13,10 +13,13 @@ Two tables decide a node's op:
 """
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Callable
 
 import torch.nn as nn
+
+from .errors import ConfigError
 
 __all__ = ["OPS", "OP_ID", "PARAM_OPS", "register_op", "module_op", "autograd_op", "SKIP"]
 
@@ -89,13 +92,20 @@ def register_op(module_type: type, op: OpRule | None) -> None:
         op: a name from :data:`OPS`, a callable ``module -> name``, or ``None`` to skip the module: its
             parameters keep their own initialisation and are listed in the coverage report as skipped.
 
+    Raises:
+        ConfigError: ``op`` is not a name from :data:`OPS` (the message suggests the closest ones).
+        TypeError: ``module_type`` is not an ``nn.Module`` subclass.
+
     Example:
         >>> ghn.register_op(MyFancyNorm, "layer_norm")
     """
     if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
         raise TypeError(f"register_op expects an nn.Module subclass, got {module_type!r}")
     if op is not None and not callable(op) and op not in OP_ID:
-        raise ValueError(f"unknown op {op!r}; choose one of {', '.join(OPS)} (or None to skip the module)")
+        close = difflib.get_close_matches(str(op), OPS, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
+        raise ConfigError(f"unknown op {op!r} for register_op({module_type.__name__}, ...); {hint}choose one of "
+                          f"{', '.join(OPS)} (or None to skip the module)")
     _REGISTRY[module_type] = SKIP if op is None else op
 
 

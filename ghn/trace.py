@@ -62,7 +62,8 @@ def trace_model(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, t
     model.eval()
     try:
         try:
-            return _run(model, args, kwargs, params, fake=True)
+            with _quiet_fake_tensor_log():
+                return _run(model, args, kwargs, params, fake=True)
         except ExampleInputError:
             raise
         except Exception as fake_error:  # noqa: BLE001 - any failure under fake tensors means: try real ones
@@ -77,6 +78,28 @@ def trace_model(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, t
         for m, training in modes.items():
             m.training = training
         _restore_slots(slots)
+
+
+class _DropAll(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_fake_tensor_log():
+    """Drop torch's fake-tensor log records while we trace.
+
+    When an op's meta kernel raises, torch logs the whole traceback at ERROR level before the exception reaches us.
+    We turn that exception into an :class:`ExampleInputError` (or retry with real tensors), so the log only
+    buries our message under torch internals. Our own ``logger.debug`` keeps the cause for debugging.
+    """
+    log = logging.getLogger("torch._subclasses.fake_tensor")
+    drop = _DropAll()
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
 
 
 def _restore_slots(slots: list) -> None:
