@@ -159,10 +159,10 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
             except TypeError:
                 raise ConfigError("bn='recalibrate' needs bn_data=<iterable of input batches>, got "
                                   f"{type(bn_data).__name__}") from None
-        if not self.config.trained:
+        graph = self._graph(model, example_inputs, graph, check_classes=classifier == "predict")
+        if not self.config.trained:  # after the graph: a prediction that fails shows its error and nothing else
             logger.warning("this GHN is untrained (config.trained=False): predicted parameters are a structured "
                            "random initialisation, not a learned one")
-        graph = self._graph(model, example_inputs, graph, check_classes=classifier == "predict")
         coverage = graph.coverage
         on_meta = any(p.is_meta for p in model.parameters())
         # Recalibration runs after the write and may fail on user data: keep a copy to roll back to.
