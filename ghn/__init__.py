@@ -11,8 +11,8 @@ from .config import GHNConfig as GHNConfig
 from .graph import Graph as Graph, build_graph as build_graph
 from .hypernet import GHN as GHN, CoverageWarning as CoverageWarning
 from .ops import register_op as register_op
-from .prediction import Prediction as Prediction
+from .prediction import Prediction as Prediction, init_empty_weights as init_empty_weights
 
 __version__ = "0.1.0"
 __all__ = ["GHN", "GHNConfig", "Graph", "build_graph", "CoverageReport", "CoverageWarning", "Prediction",
-           "register_op", "errors"]
+           "register_op", "init_empty_weights", "errors"]

@@ -14,7 +14,7 @@ from huggingface_hub import PyTorchModelHubMixin
 
 from .binding import CoverageReport
 from .config import GHNConfig
-from .decoder import LowRankDecoder, ParamQuery
+from .decoder import LowRankDecoder, graph_queries
 from .domain import graph_for, warn_domain
 from .errors import CheckpointError, ConfigError, DeviceError, GHNError
 from .graph import Graph
@@ -62,7 +62,8 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         c = config
         self.encoder = GraphEncoder(c.hidden_dim, c.num_layers, c.num_heads, c.max_hops, c.max_degree, c.ffn_ratio,
                                     c.dropout)
-        self.decoder = LowRankDecoder(c.hidden_dim, c.decoder_hidden, c.basis, c.rank, c.code_seed)
+        self.decoder = LowRankDecoder(c.hidden_dim, c.decoder_hidden, c.basis, c.rank, c.code_seed,
+                                      tuple(c.data_codes), c.hidden_codes)
         if device is not None:
             self.to(resolve_device(device))
 
@@ -89,11 +90,11 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         """
         if isinstance(graphs, Graph):
             graphs = [graphs]
-        out = []
-        for g, h in zip(graphs, self.embed(graphs)):
-            queries = [ParamQuery(i, info) for i, info in g.params]
-            out.append({info.name: w for info, w in self.decoder.decode(h, queries)})
-        return out
+        hs = self.embed(graphs)
+        # The decoder's products set every predicted value: under bf16 autocast they would keep 8 bits of mantissa.
+        with torch.autocast(self.device.type, enabled=False):
+            return [{info.name: w for info, w in self.decoder.decode(h.float(), graph_queries(g))}
+                    for g, h in zip(graphs, hs)]
 
     # ---- prediction for users ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -164,7 +165,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
             logger.warning("this GHN is untrained (config.trained=False): predicted parameters are a structured "
                            "random initialisation, not a learned one")
         coverage = graph.coverage
-        on_meta = any(p.is_meta for p in model.parameters())
+        on_meta = any(t.is_meta for t in [*model.parameters(), *model.buffers()])
         # Recalibration runs after the write and may fail on user data: keep a copy to roll back to.
         backup = ({k: v.detach().clone() for k, v in model.state_dict().items()}
                   if bn == "recalibrate" and not on_meta else None)
@@ -173,9 +174,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         try:
             if on_meta:
                 # Nothing to lose on a meta model: stream tensor by tensor to bound memory.
-                unknown = materialize(model, device or "cpu")
-                if unknown:
-                    logger.warning("buffers %s were on the meta device and are left at zero", unknown)
+                materialize(model, device or "cpu")  # DeviceError (model unchanged) if a buffer cannot be restored
                 own = dict(model.named_parameters())  # once, not per tensor
                 for info, w in self._decode(graph):
                     check_prediction(model, {info.name: w}, own)
@@ -215,7 +214,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
 
     def _decode(self, graph: Graph):
         h = self.embed([graph])[0]
-        yield from self.decoder.decode(h, [ParamQuery(i, info) for i, info in graph.params])
+        yield from self.decoder.decode(h, graph_queries(graph))
 
     # ---- Hub I/O ---------------------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | Path, *, config: Any = None, repo_id: str | None = None,

@@ -6,6 +6,9 @@ optionally re-initialise the classifier and recalibrate BatchNorm statistics.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
+import inspect
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -16,7 +19,7 @@ from .binding import CoverageReport
 from .errors import DeviceError, ExampleInputError, GHNError, GraphError
 from .graph import Graph
 
-__all__ = ["Prediction", "check_prediction", "write_params", "materialize", "reinit_classifier",
+__all__ = ["Prediction", "check_prediction", "write_params", "materialize", "init_empty_weights", "reinit_classifier",
            "recalibrate_bn", "classifier_module", "resolve_device"]
 
 logger = logging.getLogger(__name__)
@@ -97,52 +100,154 @@ def write_params(model: nn.Module, params: Iterable[tuple[str, torch.Tensor]],
         p.copy_(t.to(device=p.device, dtype=p.dtype))
 
 
-def materialize(model: nn.Module, device: torch.device | str) -> list[str]:
-    """Allocate a ``meta``-device model on ``device`` (uninitialised), re-creating the buffers we know how to.
+@contextlib.contextmanager
+def init_empty_weights() -> Iterator[None]:
+    """Build models whose parameters live on ``meta`` (no memory) but whose buffers are computed for real on CPU.
 
-    Returns:
-        names of buffers that were on ``meta`` and could not be re-created (left zero).
+    Under ``with torch.device("meta")`` a constructor's computed buffers (position ids, relative-position indices,
+    attention masks, rotary frequencies) get no values, and only the constructor knows how to compute them.
+    Here every parameter is moved to ``meta`` as it is registered, while buffers are created as usual, so
+    :meth:`GHN.predict` can materialise the model with exactly the buffers a CPU build would have. Same idea and
+    name as ``accelerate.init_empty_weights(include_buffers=False)``. Each parameter is briefly allocated on CPU
+    (uninitialised) before it moves, so peak memory is that of the largest single parameter.
+
+    Example:
+        >>> with ghn.init_empty_weights():
+        ...     model = AutoModelForCausalLM.from_config(config)
+        >>> ghn.predict(model)          # materialised on CPU, buffers as the constructor made them
+    """
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register(module, name, param)
+        p = module._parameters[name]
+        if p is not None and not p.is_meta:  # an already-meta parameter is re-registered as is (keeps ties)
+            module._parameters[name] = type(p)(p.to("meta"), requires_grad=p.requires_grad)
+
+    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+
+def materialize(model: nn.Module, device: torch.device | str) -> None:
+    """Allocate the ``meta`` parts of a model on ``device`` (parameters uninitialised), buffers as a CPU build has them.
+
+    A buffer on ``meta`` has no value, and a model's constructor may have computed one (position ids, attention
+    masks, rotary frequencies): leaving it empty or zero gives a different model. Each one is restored by the
+    model's own code (see :func:`_restorable_buffers`); anything else is refused *before* the model changes.
+    Tensors that are not on ``meta`` (e.g. buffers of a model built under :func:`init_empty_weights`) keep their
+    values and move to ``device``; tied parameters stay tied.
+
+    Raises:
+        DeviceError: a ``meta`` buffer that cannot be recomputed (the message names them and the fix), or
+            ``device`` cannot hold the model.
     """
     device = resolve_device(device)
-    meta_buffers = [n for n, b in model.named_buffers() if b.is_meta]
-    # to_empty() gives every parameter its own storage, which unties tied weights (an LM head tied to the
-    # embedding would stay uninitialised); record the aliases and re-tie them afterwards.
-    canonical: dict[int, str] = {}
-    aliases: list[tuple[str, str]] = []
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if id(p) in canonical:
-            aliases.append((name, canonical[id(p)]))
-        else:
-            canonical[id(p)] = name
+    values, calls = _restorable_buffers(model)
+    moved: dict[int, torch.Tensor] = {}  # id(old tensor) -> its replacement: a tensor shared by modules stays shared
     try:
-        model.to_empty(device=device)
-    except (RuntimeError, AssertionError) as e:  # e.g. CUDA asked for on a machine without it, out of memory
+        for module in model.modules():
+            for name, p in module._parameters.items():
+                if p is not None:
+                    if id(p) not in moved:
+                        data = torch.empty_like(p, device=device) if p.is_meta else p.detach().to(device)
+                        moved[id(p)] = nn.Parameter(data, requires_grad=p.requires_grad)
+                    module._parameters[name] = moved[id(p)]
+            for name, b in module._buffers.items():
+                if b is not None:
+                    if id(b) not in moved:
+                        if not b.is_meta:
+                            moved[id(b)] = b.to(device)
+                        elif id(b) in values:
+                            moved[id(b)] = values[id(b)].to(device=device, dtype=b.dtype, copy=True)
+                        else:  # reset below, by the module that owns it
+                            moved[id(b)] = torch.empty_like(b, device=device)
+                    module._buffers[name] = moved[id(b)]
+    except (RuntimeError, AssertionError) as e:  # e.g. out of memory on the device
         raise DeviceError(f"could not allocate {type(model).__name__} on {device} ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}); pass device='cpu' or a device this machine "
                           "has") from e
-    if aliases:
-        own = dict(model.named_parameters())
-        for alias, name in aliases:
-            path, _, attr = alias.rpartition(".")
-            setattr(model.get_submodule(path), attr, own[name])
-    unknown = []
-    for name, module in model.named_modules():
-        own = [n for n, b in module.named_buffers(recurse=False) if f"{name}.{n}".lstrip(".") in meta_buffers]
-        if not own:
-            continue
+    with torch.no_grad():
+        for module in calls:
+            if hasattr(module, "reset_running_stats"):
+                module.reset_running_stats()
+            else:
+                module.init_non_persistent_buffers()
+
+
+def _restorable_buffers(model: nn.Module) -> tuple[dict[int, torch.Tensor], list[nn.Module]]:
+    """How to give every ``meta`` buffer of ``model`` its constructor's value, without changing the model.
+
+    Three ways, all of them the model's own code: ``reset_running_stats()`` (BatchNorm-like statistics),
+    ``init_non_persistent_buffers()`` (timm's protocol for computed buffers such as Swin's relative-position index
+    and attention mask), and re-running a Hugging Face module's constructor from its ``config``.
+
+    Returns:
+        ``{id(buffer): value}`` for buffers recomputed by a constructor, and the modules to call (after allocation)
+        ``reset_running_stats()`` or ``init_non_persistent_buffers()`` on.
+
+    Raises:
+        DeviceError: some ``meta`` buffer can be restored in none of these ways.
+    """
+    pending = {name: b for name, b in model.named_buffers() if b.is_meta}
+    values: dict[int, torch.Tensor] = {}
+    calls: list[nn.Module] = []
+    for path, module in model.named_modules():  # parents first: one rebuild of a whole HF model covers its parts
+        prefix = f"{path}." if path else ""
+        own = [n for n in pending if n.startswith(prefix) and "." not in n[len(prefix):]]
         if hasattr(module, "reset_running_stats"):
-            module.reset_running_stats()
-        elif hasattr(module, "config") and not any(True for _ in module.parameters()):
-            # e.g. transformers' rotary embeddings: buffers computed from the config in __init__; rebuild them
-            with torch.device(device):
-                fresh = type(module)(module.config)
-            for n in own:
-                getattr(module, n).copy_(getattr(fresh, n))
+            covered = own
+        elif hasattr(module, "init_non_persistent_buffers"):
+            covered = [n for n in own if n[len(prefix):] in module._non_persistent_buffers_set]
         else:
-            for n in own:
-                getattr(module, n).zero_()
-            unknown += [f"{name}.{n}".lstrip(".") for n in own]
-    return unknown
+            covered = []
+        if covered:
+            calls.append(module)
+            for n in covered:
+                del pending[n]
+        mine = [n for n in pending if n.startswith(prefix)]
+        twin = _rebuild_from_config(module) if mine else None
+        if twin is not None:
+            fresh = dict(twin.named_buffers())
+            for n in mine:
+                b = fresh.get(n[len(prefix):])
+                if b is not None and not b.is_meta and b.shape == pending[n].shape:
+                    values[id(pending.pop(n))] = b
+    if pending:
+        names = sorted(pending)
+        shown = ", ".join(repr(n) for n in names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+        raise DeviceError(
+            f"{type(model).__name__} was built on the meta device and its buffer(s) {shown} have no values: only the "
+            "model's constructor knows how to compute them, and predicting would leave them wrong. Build the model "
+            "under `with ghn.init_empty_weights():` (parameters on meta, buffers computed on CPU) or on CPU, then "
+            "predict")
+    return values, calls
+
+
+def _rebuild_from_config(module: nn.Module) -> nn.Module | None:
+    """A twin of a Hugging Face module built from its ``config`` (parameters on meta, buffers on CPU), or None.
+
+    Transformers modules (models, rotary embeddings) are constructed from their config alone, so re-running the
+    constructor recomputes their buffers exactly. Other modules are not rebuilt: their arguments are unknown.
+    """
+    config = getattr(module, "config", None)
+    if config is None or not any(c.__name__ in ("PreTrainedConfig", "PretrainedConfig") for c in type(config).__mro__):
+        return None
+    try:
+        params = list(inspect.signature(type(module)).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if not params or params[0].name != "config" or any(
+            p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params[1:]):
+        return None  # needs more than the config (e.g. a layer index): its parent's rebuild covers it
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("cpu"), init_empty_weights():
+            return type(module)(copy.deepcopy(config))
+    except Exception as e:  # noqa: BLE001 - then the buffers count as not restorable, and predict says which
+        logger.debug("could not rebuild %s from its config: %s: %s", type(module).__name__, type(e).__name__, e)
+        return None
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
