@@ -1,4 +1,4 @@
-"""Registries, timm style: families (samplers + builders) and named archs.
+"""Registries, timm style: named archs and the verbs over families (the family table is in ``families.py``).
 
 Verbs: :func:`list_archs` (fnmatch patterns), :func:`create_arch` (a named arch with overrides),
 :func:`sample_arch` (a seeded random arch of a family) and the :func:`register_arch` decorator.
@@ -6,70 +6,23 @@ All of them return :class:`~model_zoo.spec.ArchSpec` (JSON), never modules: call
 """
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 import random
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import nn
 
 from ghn.errors import ConfigError
 
+from .families import Family, get_family, list_families, register_family, unknown_name
 from .spec import ArchSpec, count_params
 
 __all__ = ["Family", "register_family", "get_family", "list_families", "register_arch", "list_archs",
            "create_arch", "sample_arch", "sample_within"]
 
 
-@dataclass(frozen=True)
-class Family:
-    """One architecture family.
-
-    Args:
-        name: registry key, also ``ArchSpec.family``.
-        task: "image" or "lm".
-        sample: ``sample(rng: random.Random, **constraints) -> hparams`` (JSON-able dict that ``build`` accepts).
-        build: ``build(hparams) -> nn.Module``; called inside ``with torch.device(...)`` so it must create
-            tensors on the current default device (plain ``nn.Module`` constructors do).
-    """
-
-    name: str
-    task: str
-    sample: Callable[..., dict]
-    build: Callable[[dict], nn.Module]
-
-
-_FAMILIES: dict[str, Family] = {}
 _ARCHS: dict[str, Callable[[], ArchSpec]] = {}
-
-
-def _unknown(kind: str, name: str, choices: list[str]) -> ConfigError:
-    close = difflib.get_close_matches(name, choices, n=3)
-    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-    return ConfigError(f"unknown {kind} {name!r}{hint} (choices: {', '.join(sorted(choices))})")
-
-
-def register_family(name: str, *, task: str, sample: Callable[..., dict],
-                    build: Callable[[dict], nn.Module]) -> Family:
-    """Register (or replace) a family; returns it."""
-    fam = Family(name, task, sample, build)
-    _FAMILIES[name] = fam
-    return fam
-
-
-def get_family(name: str) -> Family:
-    """The registered family ``name``. Raises ConfigError (with the nearest names) when unknown."""
-    try:
-        return _FAMILIES[name]
-    except KeyError:
-        raise _unknown("arch family", name, list(_FAMILIES)) from None
-
-
-def list_families() -> list[str]:
-    """Registered family names, sorted."""
-    return sorted(_FAMILIES)
 
 
 def register_arch(fn: Callable[[], ArchSpec]) -> Callable[[], ArchSpec]:
@@ -112,7 +65,7 @@ def create_arch(name: str, seed: int | None = None, **overrides: Any) -> ArchSpe
     try:
         fn = _ARCHS[name]
     except KeyError:
-        raise _unknown("arch", name, list(_ARCHS)) from None
+        raise unknown_name("arch", name, list(_ARCHS)) from None
     spec = fn()
     overrides = {k: v for k, v in overrides.items() if v is not None}
     bad = sorted(set(overrides) - set(spec.hparams))

@@ -2,7 +2,7 @@
 
 An arch is never stored as a pickled module: it is a family name plus plain hyper-parameters (JSON types only)
 and the seed it was sampled with. ``spec.build()`` turns it into an ``nn.Module`` through the family's builder
-(see :mod:`model_zoo.registry`), on any device, including ``"meta"`` (shapes only, no weight memory).
+(see :mod:`model_zoo.families`), on any device, including ``"meta"`` (shapes only, no weight memory).
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from ghn.errors import ConfigError
+
+from .families import get_family
 
 __all__ = ["ArchSpec", "TASKS", "count_params"]
 
@@ -117,8 +119,6 @@ class ArchSpec:
         Raises:
             ConfigError: unknown family or invalid hparams.
         """
-        from .registry import get_family  # late import: registry imports this module
-
         fam = get_family(self.family)
         device = torch.device(device)
         with torch.device(device):
