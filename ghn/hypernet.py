@@ -356,6 +356,8 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def _resolve_files(name: str, revision, cache_dir, local_files_only, token) -> tuple[str, str]:
+    from .shipped import resolve_predictor
+    name = resolve_predictor(name)  # shipped predictors from any cwd; a missing local path is not a Hub id
     if os.path.isdir(name):
         paths = [os.path.join(name, CONFIG_NAME), os.path.join(name, WEIGHTS_NAME)]
         absent = [p for p in paths if not os.path.isfile(p)]

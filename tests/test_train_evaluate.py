@@ -62,6 +62,6 @@ def test_evaluate_cli_compares_ghn_and_default_init(tmp_path, ghn_dir, capsys):
 
 def test_evaluate_cli_reports_a_missing_ghn_or_bad_config(tmp_path, capsys):
     assert main(["--ghn", str(tmp_path / "none"), "--archs", "1"]) == 1
-    assert "is not a directory with a GHN checkpoint" in capsys.readouterr().err
+    assert "no such directory" in capsys.readouterr().err
     assert main(["--ghn", str(tmp_path / "none"), "--families", "cnn", "gpt"]) == 1
     assert "do not fit task 'image'" in capsys.readouterr().err
