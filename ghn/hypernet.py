@@ -1,8 +1,10 @@
 """``GHN``: the graph hypernetwork (graph encoder + low-rank decoder), prediction and Hub I/O."""
+import hashlib
 import json
 import logging
 import math
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -20,8 +22,8 @@ from .errors import CheckpointError, ConfigError, DeviceError, GHNError
 from .graph import Graph
 from .inputs import ExampleInputs
 from .nn import GraphEncoder, collate
-from .prediction import (Prediction, check_prediction, materialize, recalibrate_bn, reinit_classifier,
-                         resolve_device, write_params)
+from .prediction import (Prediction, check_graph, check_prediction, materialize, padding_rows, recalibrate_bn,
+                         reinit_classifier, resolve_device, write_params)
 
 __all__ = ["GHN", "CoverageWarning"]
 
@@ -29,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CHECKSUM_KEY = "checksum"  # in config.json: "sha256:<hex digest of model.safetensors>"
 
 
 class CoverageWarning(UserWarning):
@@ -116,7 +119,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         was_training = self.training
         self.eval()
         try:
-            params = dict((info.name, w) for info, w in self._decode(graph))
+            params = dict((info.name, w) for info, w in self._decode(graph, model))
         finally:
             self.train(was_training)
         coverage = graph.coverage
@@ -176,12 +179,12 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
                 # Nothing to lose on a meta model: stream tensor by tensor to bound memory.
                 materialize(model, device or "cpu")  # DeviceError (model unchanged) if a buffer cannot be restored
                 own = dict(model.named_parameters())  # once, not per tensor
-                for info, w in self._decode(graph):
+                for info, w in self._decode(graph, model):
                     check_prediction(model, {info.name: w}, own)
                     write_params(model, [(info.name, w)], own)
                     del w
             else:
-                params = dict((info.name, w) for info, w in self._decode(graph))
+                params = dict((info.name, w) for info, w in self._decode(graph, model))
                 check_prediction(model, params)  # everything is checked before anything is written
                 write_params(model, params.items())
         finally:
@@ -209,12 +212,19 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         warning with a DomainWarning if the model is outside what this GHN was trained on."""
         if graph is None:
             graph, example_inputs = graph_for(self.config, model, example_inputs, self.config.max_hops)
+        else:
+            check_graph(model, graph)  # a graph of another model would fill only the tensors the two share
         warn_domain(self.config, model, graph, example_inputs, check_classes=check_classes, stacklevel=4)
         return graph
 
-    def _decode(self, graph: Graph):
+    def _decode(self, graph: Graph, model: nn.Module):
+        """``(ParamInfo, tensor)`` for every bound parameter, with embedding padding rows zero (as PyTorch has them)."""
         h = self.embed([graph])[0]
-        yield from self.decoder.decode(h, graph_queries(graph))
+        pads = padding_rows(model, graph)
+        for info, w in self.decoder.decode(h, graph_queries(graph)):
+            if info.name in pads:
+                w = w.index_fill(0, torch.tensor(pads[info.name], device=w.device), 0.0)
+            yield info, w
 
     # ---- Hub I/O ---------------------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | Path, *, config: Any = None, repo_id: str | None = None,
@@ -232,8 +242,10 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         weights_tmp = _temp_write(out / WEIGHTS_NAME,
                                   lambda p: save_file(state, p, metadata={"format": "pt", "library": "ghn"}))
         try:
-            config_tmp = _temp_write(out / CONFIG_NAME,
-                                     lambda p: Path(p).write_text(json.dumps(self.config.to_dict(), indent=2)))
+            # The hash of the very bytes renamed into place below; from_pretrained verifies it, so corruption that
+            # leaves the file parseable and finite (a flipped exponent bit) cannot load silently.
+            config = {**self.config.to_dict(), CHECKSUM_KEY: f"sha256:{_sha256(weights_tmp)}"}
+            config_tmp = _temp_write(out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2)))
         except BaseException:
             os.unlink(weights_tmp)
             raise
@@ -260,7 +272,10 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         config_path, weights_path = _resolve_files(str(pretrained_model_name_or_path), revision, cache_dir,
                                                    local_files_only, token)
         try:
-            config = GHNConfig.from_dict(json.loads(Path(config_path).read_text()))
+            raw = json.loads(Path(config_path).read_text())
+            # Checkpoints saved before checksums were recorded have none, and still load.
+            checksum = raw.pop(CHECKSUM_KEY, None) if isinstance(raw, dict) else None
+            config = GHNConfig.from_dict(raw)
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
             raise CheckpointError(f"{config_path} is not a valid GHN config ({e}); re-download or re-save it") from e
         except ConfigError as e:
@@ -285,6 +300,8 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
                                       f"{expected[k].dtype}; the checkpoint was not written by GHN.save_pretrained")
             if v.is_floating_point() and not torch.isfinite(v).all():
                 raise CheckpointError(f"{weights_path}: tensor {k} has NaN/Inf values; the checkpoint is corrupt")
+        if checksum is not None:  # last, so the checks above give their more specific messages first
+            _verify_checksum(weights_path, checksum, config_path)
         ghn.load_state_dict(state, strict=True)
         return ghn.to(resolve_device(device)).eval()
 
@@ -387,6 +404,26 @@ def _resolve_files(name: str, revision, cache_dir, local_files_only, token) -> t
                                   f"({type(e).__name__}: {e}); check the repo id, or download it while online "
                                   "(HF_HUB_OFFLINE=1 only reads the cache)") from e
     return paths[0], paths[1]
+
+
+def _sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify_checksum(weights_path: str, checksum: Any, config_path: str) -> None:
+    """Raise CheckpointError unless ``weights_path`` hashes to ``checksum`` (``"sha256:<hex>"``)."""
+    if not isinstance(checksum, str) or not re.fullmatch(r"sha256:[0-9a-f]{64}", checksum):
+        raise CheckpointError(f"{config_path}: checksum {checksum!r} is not 'sha256:<64 hex digits>'; the config is "
+                              "corrupt — re-download or re-save the checkpoint")
+    actual = _sha256(weights_path)
+    if actual != checksum.split(":", 1)[1]:
+        raise CheckpointError(f"{weights_path} has sha256 {actual[:12]}… but {config_path} records "
+                              f"{checksum[7:19]}…: the weights are corrupt or come from another save — re-download "
+                              "or re-save the checkpoint")
 
 
 def _load_safetensors(path: str) -> dict[str, torch.Tensor]:

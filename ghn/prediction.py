@@ -19,8 +19,8 @@ from .binding import CoverageReport
 from .errors import DeviceError, ExampleInputError, GHNError, GraphError
 from .graph import Graph
 
-__all__ = ["Prediction", "check_prediction", "write_params", "materialize", "init_empty_weights", "reinit_classifier",
-           "recalibrate_bn", "classifier_module", "resolve_device"]
+__all__ = ["Prediction", "check_graph", "check_prediction", "write_params", "materialize", "init_empty_weights",
+           "padding_rows", "reinit_classifier", "recalibrate_bn", "classifier_module", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,57 @@ class Prediction(Mapping[str, torch.Tensor]):
             if name in out:
                 out[alias] = out[name]
         return out
+
+
+def check_graph(model: nn.Module, graph: Graph) -> None:
+    """Raise unless ``graph`` was built from this model's architecture: the same parameter names and shapes.
+
+    A graph of another model may share many names and shapes (resnet18's are a subset of resnet34's); predicting
+    from it would write some tensors and leave the rest, while reporting full coverage.
+
+    Raises:
+        GraphError: names or shapes differ (the message names the first few).
+    """
+    every = dict(model.named_parameters(remove_duplicate=False))
+    own = dict(model.named_parameters())
+    in_graph = set(graph.numel)
+    problems = [f"{n!r} is not in the graph" for n in own if n not in in_graph]
+    problems += [f"the graph has {n!r}, which the model does not" for n in sorted(in_graph - set(own))]
+    shapes = {info.name: tuple(info.shape) for _, info in graph.params}
+    for n in (n for n in own if n in in_graph):
+        shape = tuple(own[n].shape)
+        if n in shapes and shapes[n] != shape:
+            problems.append(f"{n!r} has shape {shapes[n]} in the graph but {shape} in the model")
+        elif graph.numel[n] != own[n].numel():
+            problems.append(f"{n!r} has {graph.numel[n]} elements in the graph but {own[n].numel()} in the model")
+    aliases = _aliases(every, own)
+    if not problems and graph.tied != aliases:
+        problems.append(f"tied parameters differ (graph: {graph.tied or 'none'}, model: {aliases or 'none'})")
+    if problems:
+        shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+        raise GraphError(f"graph= was built from another model (a {graph.model_name or 'model'}), not from this "
+                         f"{type(model).__name__}: {shown}. Build the graph from this model "
+                         "(build_graph(model, example_inputs)) or omit graph=")
+
+
+def _aliases(every: Mapping[str, nn.Parameter], own: Mapping[str, nn.Parameter]) -> dict[str, str]:
+    """alias -> canonical name of tied parameters (the first name of each tensor is canonical)."""
+    canonical = {id(p): n for n, p in own.items()}
+    return {n: canonical[id(p)] for n, p in every.items() if n not in own}
+
+
+def padding_rows(model: nn.Module, graph: Graph) -> dict[str, int]:
+    """Canonical parameter name -> padding row, for embeddings built with ``padding_idx``.
+
+    PyTorch initialises that row to zero and never updates it (its output is the "no token" vector); a predicted
+    value there would change what padding tokens contribute, so predictions keep it zero too.
+    """
+    rows = {}
+    for path, module in model.named_modules():
+        if isinstance(module, nn.Embedding | nn.EmbeddingBag) and module.padding_idx is not None:
+            name = f"{path}.weight" if path else "weight"
+            rows[graph.tied.get(name, name)] = module.padding_idx
+    return rows
 
 
 def check_prediction(model: nn.Module, params: Mapping[str, torch.Tensor],
