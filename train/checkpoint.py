@@ -15,15 +15,17 @@ Layout of a run directory::
       metrics.jsonl, curves.png, config.yaml
 
 Atomicity: a checkpoint is assembled in a hidden temporary directory, every file flushed, and the directory is
-renamed to ``ckpt-<step>`` (``os.replace``); only then is ``latest.json`` replaced (temporary file +
-``os.replace``). A process killed at any instant leaves ``latest.json`` pointing to a complete checkpoint (or
-absent); leftovers of an interrupted save are hidden ``.ckpt-*.tmp*`` directories, removed by the next run.
+renamed to ``ckpt-<step>``; only then is ``latest.json`` replaced (temporary file + ``os.replace``). A process
+killed at any instant leaves ``latest.json`` pointing to a complete checkpoint (or absent; a complete checkpoint
+newer than it is found too); leftovers of an interrupted save are hidden ``.ckpt-*.tmp*`` directories, removed by
+the next run. A checkpoint directory, once written, is never written into or replaced.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -36,10 +38,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ghn import GHN
-from ghn.errors import CheckpointError
+from ghn.errors import CheckpointError, ConfigError
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "find_checkpoint", "atomic_write_text",
-           "optimizer_state", "load_optimizer_state", "clean_partial_saves", "git_hash", "LATEST"]
+           "optimizer_state", "load_optimizer_state", "clean_partial_saves", "git_hash", "check_run_dir",
+           "checkpoint_step", "LATEST"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,10 +137,17 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, ghn: GHN, state: dict
 
     Returns:
         the checkpoint directory.
+
+    Raises:
+        CheckpointError: ``run_dir/ckpt-<step>`` already exists (checkpoints are never overwritten).
     """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     name = f"{PREFIX}{step:07d}"
+    final = run / name
+    if final.exists():  # it belongs to a run that got there first: replacing it would lose that state
+        raise CheckpointError(f"{final} already exists; a checkpoint directory is never written into again — "
+                              "resume from it, or write this run to a new --out directory")
     tmp = Path(tempfile.mkdtemp(dir=run, prefix=f".{name}.tmp"))
     try:
         ghn.save_pretrained(tmp)  # config.json + model.safetensors + README.md, each written atomically
@@ -148,14 +158,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, ghn: GHN, state: dict
         atomic_write_text(tmp / STATE_JSON, json.dumps({**state, "step": step}, indent=1, allow_nan=False))
         atomic_write_text(tmp / CONFIG_YAML, config_yaml)
         os.chmod(tmp, 0o755)
-        final = run / name
-        if final.exists():  # saving the same step again (e.g. resumed at the last step): swap, then drop the old
-            old = Path(tempfile.mkdtemp(dir=run, prefix=f".{name}.tmp-old"))
-            os.replace(final, old / name)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        os.rename(tmp, final)  # not os.replace: never over a checkpoint that appeared meanwhile
         _fsync(run)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -183,8 +186,17 @@ def clean_partial_saves(run_dir: str | os.PathLike) -> None:
 
 
 # ---- load ----------------------------------------------------------------------------------------------------------
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a ``ckpt-<step>`` directory name (None for any other name)."""
+    m = re.fullmatch(rf"{PREFIX}(\d+)", path.name)
+    return int(m.group(1)) if m else None
+
+
 def find_checkpoint(path: str | os.PathLike) -> Path:
     """The checkpoint directory that ``path`` names: a checkpoint itself, or a run directory (its latest).
+
+    The latest of a run is what ``latest.json`` points to, or a newer complete checkpoint: a save killed between
+    renaming its directory into place and updating ``latest.json`` leaves one.
 
     Raises:
         CheckpointError: ``path`` is neither.
@@ -201,11 +213,43 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
                                   "instead") from None
         if not (ckpt / STATE_JSON).is_file():
             raise CheckpointError(f"{p / LATEST} points to {ckpt}, which is not a complete checkpoint")
+        newer = [c for c in p.glob(f"{PREFIX}[0-9]*") if (c / STATE_JSON).is_file()
+                 and (checkpoint_step(c) or -1) > (checkpoint_step(ckpt) or -1)]
+        if newer:
+            ckpt = max(newer, key=checkpoint_step)
+            logger.info("%s points to an older checkpoint than %s (a save was interrupted): using %s", p / LATEST,
+                        ckpt.name, ckpt.name)
         return ckpt
     found = sorted(p.glob(f"{PREFIX}[0-9]*")) if p.is_dir() else []
     hint = f"; checkpoints there: {', '.join(c.name for c in found)}" if found else ""
     raise CheckpointError(f"{p} is neither a run directory (with {LATEST}) nor a checkpoint directory (with "
                           f"{STATE_JSON}){hint}")
+
+
+def check_run_dir(out: str | os.PathLike, resumed: Checkpoint | None, steps: int) -> None:
+    """Raise unless a run that ends at ``steps`` can write into ``out`` without touching a checkpoint of its own past
+    or of another run.
+
+    Raises:
+        ConfigError: ``steps`` is below the resumed step; ``out`` holds another run; or ``out`` is the resumed run's
+            directory and has checkpoints after the resumed one (continuing would overwrite them).
+    """
+    out = Path(out)
+    if resumed is not None and resumed.step > steps:
+        raise ConfigError(f"run is at step {resumed.step}, config asks for {steps} ({resumed.path}); steps is the "
+                          f"total number of steps, so pass --steps {resumed.step} or more to continue it (or resume "
+                          "an earlier checkpoint into a new --out)")
+    existing = sorted(c for c in out.glob(f"{PREFIX}[0-9]*") if checkpoint_step(c) is not None)
+    if resumed is None or resumed.path.parent.resolve() != out.resolve():
+        if existing or (out / LATEST).exists():
+            raise ConfigError(f"{out} already holds a run ({LATEST} or ckpt-* directories); continue it with "
+                              f"--resume {out}, or write to a new --out directory")
+        return
+    later = [c.name for c in existing if checkpoint_step(c) > resumed.step]
+    if later:
+        raise ConfigError(f"{out} has checkpoints after {resumed.path.name} ({', '.join(later)}), which continuing "
+                          f"from it in place would overwrite; resume the newest (--resume {out}), or pass a new "
+                          "--out to branch off from it")
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import types
 import typing
 from dataclasses import dataclass, field
@@ -56,7 +57,8 @@ class TrainConfig:
     threads: int = _f(0, "Run", "torch CPU threads per process (0: leave torch's default)")
     # ---- Data ------------------------------------------------------------------------------------------------------
     task: str = _f("image", "Data", "image (Fashion-MNIST classification) or lm (byte-level LM on fortunes)")
-    data_dir: str | None = _f(None, "Data", "data directory (default: $GHN_DATA_DIR, else the Debian package's)")
+    data_dir: str | None = _f(None, "Data", "data directory (default: $GHN_FMNIST_DIR for task image, "
+                              "$GHN_FORTUNES_DIR for lm, else the Debian package's)")
     batch_size: int = _f(64, "Data", "images (or text windows) per step, shared by all archs of the meta-batch")
     seq_len: int = _f(64, "Data", "lm: tokens per window (and the context length of sampled LMs)")
     workers: int = _f(0, "Data", "DataLoader processes that sample archs and build their graphs (0: in a thread)")
@@ -111,6 +113,52 @@ class TrainConfig:
             # One shared data batch per step means one task per run.
             raise ConfigError(f"families {wrong} do not fit task {self.task!r} (image: cnn, vit, mlp, timm; "
                               "lm: gpt, llama)")
+        self._validate_zoo_constraints()
+
+    def _validate_zoo_constraints(self) -> None:
+        """Each key must be a constraint the samplers it applies to take, and each per-family entry a family this
+        run trains: a typo would otherwise fail only after the run has started, and another family's entry would
+        be ignored. Forms: shared by every family (``{max_depth: 4}``) or per family (``{cnn: {max_nodes: 2}}``)."""
+        from model_zoo import get_family, list_families
+        known = list_families()
+
+        def takes(family: str) -> list[str] | None:  # None: any keyword
+            params = inspect.signature(get_family(family).sample).parameters.values()
+            if any(p.kind == p.VAR_KEYWORD for p in params):
+                return None
+            return [p.name for p in params if p.name != "rng"]
+
+        def hint(key: str, names: list[str]) -> str:
+            close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+            return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+        def check(family: str, constraints: dict, shared: bool) -> None:
+            valid = takes(family)
+            for key in constraints:
+                if valid is not None and key not in valid:
+                    others = [f for f in self.families if shared and key in (takes(f) or [key])]
+                    per = (f"; shared keys apply to every family, so give it per family: {{{others[0]}: {{{key}: "
+                           "...}}" if others else "")
+                    raise ConfigError(f"unknown zoo_constraints key {key!r} for family {family!r}"
+                                      f"{hint(str(key), valid)} ({family} takes {', '.join(valid)}){per}")
+
+        extra = self.zoo_constraints
+        if not any(k in known for k in extra):  # shared by all families
+            for family in self.families:
+                check(family, extra, shared=True)
+            return
+        for key, value in extra.items():
+            if key not in known:
+                names = known + sorted({n for f in known for n in takes(f) or []})
+                raise ConfigError(f"zoo_constraints mixes per-family entries with {key!r}, which is not a model_zoo "
+                                  f"family{hint(str(key), names)} (families: {', '.join(known)})")
+            if key not in self.families:
+                raise ConfigError(f"zoo_constraints[{key!r}] is for a family that is not trained (families: "
+                                  f"{self.families}); remove it, or add {key!r} to families")
+            if not isinstance(value, dict):
+                raise ConfigError(f"zoo_constraints[{key!r}] must be a mapping of sampler constraints, e.g. "
+                                  f"{{max_depth: 4}}, got {value!r}")
+            check(key, value, shared=False)
 
     # ---- (de)serialisation -------------------------------------------------------------------------------------
     @classmethod

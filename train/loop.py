@@ -35,7 +35,7 @@ from ghn import GHN, GHNConfig, Graph
 from ghn.decoder import ParamQuery
 from ghn.errors import ConfigError
 
-from .checkpoint import (CONFIG_YAML, LATEST, Checkpoint, atomic_write_text, clean_partial_saves, git_hash,
+from .checkpoint import (CONFIG_YAML, Checkpoint, atomic_write_text, check_run_dir, clean_partial_saves, git_hash,
                          load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint)
 from .config import TrainConfig
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, init_distributed, shutdown
@@ -142,12 +142,13 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
 def _train(cfg: TrainConfig, info: DistInfo, command: str | None) -> dict[str, Any]:
     out = Path(cfg.out)
     ckpt: Checkpoint | None = load_checkpoint(cfg.resume) if cfg.resume else None
-    if ckpt is None and (out / LATEST).exists():
-        raise ConfigError(f"{out} already holds a run (its {LATEST} exists); continue it with --resume {out} or "
-                          "write to a new --out directory")
+    check_run_dir(out, ckpt, cfg.steps)  # ConfigError rather than overwrite a checkpoint, ours or another run's
     if ckpt is not None and int(ckpt.state.get("world_size", 1)) != info.world_size:
         raise ConfigError(f"{ckpt.path} was written by {ckpt.state.get('world_size')} processes; resume it with "
                           f"the same number (got {info.world_size}): each rank continues its own arch stream")
+    if ckpt is not None and ckpt.step == cfg.steps and ckpt.path.parent.resolve() == out.resolve():
+        logger.info("%s is at step %d already: nothing to do", ckpt.path, ckpt.step)
+        return {"step": cfg.steps, "out": str(out), "skipped": int(ckpt.state.get("skipped", 0))}
 
     torch.manual_seed(cfg.seed)  # the same GHN init on every rank (DDP also broadcasts rank 0's weights)
     ghn = GHN(ghn_config(cfg)).to(info.device)
@@ -177,20 +178,25 @@ def _train(cfg: TrainConfig, info: DistInfo, command: str | None) -> dict[str, A
         predictor = DDP(predictor, device_ids=[info.device.index] if info.device.type == "cuda" else None,
                         forward_sync_buffers=False)  # the GHN's buffers are constants (index codes, role offsets)
 
-    metrics = MetricsLog(out, start, enabled=info.is_main, resumed_from=ckpt.path.parent if ckpt else None)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        clean_partial_saves(out)
-        atomic_write_text(out / CONFIG_YAML, cfg.to_yaml())
     last: dict[str, float] = {}
-    bar = tqdm(total=cfg.steps, initial=start, disable=not info.is_main, desc="meta-train", unit="step",
-               dynamic_ncols=True, file=sys.stderr)
     busy, n_window = 0.0, 0  # seconds spent in steps (data wait included; checkpoints and evaluation not)
     arch_pos = arch_state[info.rank] if arch_state else None
     with Prefetcher(prepare, start, cfg.steps, cfg.prefetch) as prefetch:
+        # The first step's archs and data are ready before the first file is written: constraints no arch
+        # satisfies, or data that cannot be read, fail with --out untouched.
+        t0 = time.perf_counter()
+        first = prefetch.get(start) if start < cfg.steps else None
+        t_first = time.perf_counter() - t0
+        metrics = MetricsLog(out, start, enabled=info.is_main, resumed_from=ckpt.path.parent if ckpt else None)
+        if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            clean_partial_saves(out)
+            atomic_write_text(out / CONFIG_YAML, cfg.to_yaml())
+        bar = tqdm(total=cfg.steps, initial=start, disable=not info.is_main, desc="meta-train", unit="step",
+                   dynamic_ncols=True, file=sys.stderr)
         for step in range(start, cfg.steps):
-            t0 = time.perf_counter()
-            inp = prefetch.get(step)
+            t0 = time.perf_counter() - (t_first if step == start else 0.0)
+            inp = first if step == start else prefetch.get(step)
             t_data = time.perf_counter() - t0
             lr = opt.param_groups[0]["lr"]  # the rate this step uses (logged before the schedule moves on)
             stats = _step(predictor, ghn, task, inp, opt, cfg, info, counters)
@@ -216,7 +222,7 @@ def _train(cfg: TrainConfig, info: DistInfo, command: str | None) -> dict[str, A
                 if info.is_main:
                     metrics.plot()
     bar.close()
-    if start >= cfg.steps:  # nothing left to do (resumed at the end): still leave a checkpoint of the final state
+    if start >= cfg.steps:  # resumed at the end into a new --out: still leave a checkpoint of the final state there
         _save(out, cfg.steps, ghn, opt, sched, counters, cfg, info, arch_pos, command)
     return {"step": cfg.steps, "out": str(out), "skipped": counters.skipped, **last}
 
