@@ -24,7 +24,7 @@ from .errors import DomainWarning, ExampleInputError
 from .graph import Graph, build_graph
 from .inputs import ExampleInputs, default_example_inputs
 
-__all__ = ["TASKS", "SHIPPED_PREDICTORS", "ghn_task", "model_task", "training_inputs", "graph_for",
+__all__ = ["TASKS", "SHIPPED_PREDICTORS", "ghn_task", "model_task", "training_inputs", "graph_for", "head_node",
            "domain_mismatches", "warn_domain"]
 
 logger = logging.getLogger(__name__)
@@ -154,10 +154,29 @@ def graph_for(config: GHNConfig, model: nn.Module, example_inputs: ExampleInputs
     return build_graph(model, example_inputs, **hops), example_inputs
 
 
+def head_node(graph: Graph) -> int | None:
+    """Index of the classifier / LM head: the linear or conv node with parameters nearest the output, walking edges
+    backwards (node order alone is not enough: cells' projections can be listed after the head)."""
+    parents: dict[int, list[int]] = {}
+    for s, d in graph.edges:
+        parents.setdefault(d, []).append(s)
+    frontier, seen = [len(graph.nodes) - 1], {len(graph.nodes) - 1}
+    while frontier:
+        nxt = []
+        for i in frontier:
+            node = graph.nodes[i]
+            if node.op in ("linear", "conv") and node.params:
+                return i
+            nxt += [p for p in parents.get(i, []) if p not in seen]
+            seen.update(nxt)
+        frontier = nxt
+    return None
+
+
 def _num_outputs(graph: Graph) -> int | None:
-    """Output width of the last linear/conv node (the classifier), as ``prediction.classifier_module`` finds it."""
-    node = next((n for n in reversed(graph.nodes) if n.op in ("linear", "conv") and n.params), None)
-    return node.shape[0] if node is not None else None
+    """Output width of the classifier (:func:`head_node`)."""
+    i = head_node(graph)
+    return graph.nodes[i].shape[0] if i is not None else None
 
 
 def _vocab(graph: Graph) -> int | None:

@@ -9,6 +9,7 @@ import torch
 from ghn.errors import ConfigError
 from train.data import (FMNIST_MEAN, FMNIST_STD, ImageStream, TextStream, fashion_mnist, fortunes_bytes, normalize,
                         read_idx)
+from train.datasets import ImageSource, ImageTensors
 from train.prefetch import Prefetcher
 
 
@@ -61,7 +62,10 @@ def test_image_stream_is_a_function_of_seed_rank_step_and_covers_epochs():
     pixels = (x0 * FMNIST_STD + FMNIST_MEAN) * 255  # undo the normalisation: whole numbers in [0, 255]
     assert torch.allclose(pixels, pixels.round(), atol=1e-3) and pixels.min() > -0.01 and pixels.max() < 255.01
     # Epoch logic on a 100-image subset: steps 0-2 cover positions 0..119, so step 2 crosses into epoch 1.
-    s.pixels, s.labels, s._epoch = s.pixels[:100], torch.arange(100), -1
+    src = s.source
+    s.source = ImageSource("subset", ImageTensors(src.train.x[:100], torch.arange(100)), src.test, src.classes,
+                           mean=src.mean, std=src.std)
+    s._epoch = -1
     seen = torch.cat([s.batch(0)[1], s.batch(1)[1], s.batch(2)[1][:20]])
     assert sorted(seen.tolist()) == list(range(100))  # one full epoch: every image exactly once
     again = copy.copy(s)

@@ -56,7 +56,15 @@ class TrainConfig:
     log_every: int = _f(10, "Run", "append a line to metrics.jsonl every N steps")
     threads: int = _f(0, "Run", "torch CPU threads per process (0: leave torch's default)")
     # ---- Data ------------------------------------------------------------------------------------------------------
-    task: str = _f("image", "Data", "image (Fashion-MNIST classification) or lm (byte-level LM on fortunes)")
+    task: str = _f("image", "Data", "image (classification; Fashion-MNIST by default) or lm (causal LM; fortunes "
+                   "bytes by default)")
+    dataset: str | None = _f(None, "Data", "fashion-mnist[:DIR], fortunes[:DIR], imagefolder:DIR, "
+                             "torchvision:NAME:ROOT (on disk, never downloaded) or text:PATH (default: fashion-mnist "
+                             "for image, fortunes for lm)")
+    image_size: int | None = _f(None, "Data", "resize images to SIZExSIZE (default: their own size, when they all "
+                                "agree)")
+    tokenizer: str | None = _f(None, "Data", "lm: a local Hugging Face tokenizer directory (default: bytes, vocab "
+                               "256)")
     data_dir: str | None = _f(None, "Data", "data directory (default: $GHN_FMNIST_DIR for task image, "
                               "$GHN_FORTUNES_DIR for lm, else the Debian package's)")
     batch_size: int = _f(64, "Data", "images (or text windows) per step, shared by all archs of the meta-batch")
@@ -106,6 +114,7 @@ class TrainConfig:
                               f"min_lr_ratio={self.min_lr_ratio}")
         if self.task not in ("image", "lm"):
             raise ConfigError(f"task must be 'image' or 'lm', got {self.task!r}")
+        self._validate_data()
         if not self.families:
             raise ConfigError("families is empty; name at least one model_zoo family, e.g. families: [cnn, mlp]")
         wrong = [f for f in self.families if family_task(f) != self.task]
@@ -159,6 +168,22 @@ class TrainConfig:
                 raise ConfigError(f"zoo_constraints[{key!r}] must be a mapping of sampler constraints, e.g. "
                                   f"{{max_depth: 4}}, got {value!r}")
             check(key, value, shared=False)
+
+    def _validate_data(self) -> None:
+        """The dataset spec's form and task (the data itself is checked when it is opened)."""
+        from .datasets import DATASET_TASKS, parse_dataset
+        if self.dataset is not None:
+            kind, _ = parse_dataset(self.dataset)
+            task = DATASET_TASKS[kind]
+            if task not in (None, self.task):
+                fix = "--task lm --families gpt llama" if task == "lm" else "--task image --families cnn vit mlp"
+                raise ConfigError(f"dataset {self.dataset!r} is {'text' if task == 'lm' else 'images'}, but the task "
+                                  f"is {self.task!r}; add {fix}")
+        if self.image_size is not None and (self.image_size < 1 or self.task != "image"):
+            raise ConfigError(f"image_size must be >= 1 and is for --task image, got {self.image_size} "
+                              f"(task {self.task!r})")
+        if self.tokenizer is not None and self.task != "lm":
+            raise ConfigError("--tokenizer is for language models: add --task lm --families gpt llama, or drop it")
 
     # ---- (de)serialisation -------------------------------------------------------------------------------------
     @classmethod

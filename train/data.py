@@ -1,4 +1,5 @@
-"""Real data for meta-training: Fashion-MNIST images and the fortunes text, read from local files only.
+"""Real data for meta-training: the Fashion-MNIST and fortunes readers, and the seeded batch streams every dataset
+goes through (other datasets are opened by :mod:`train.datasets`).
 
 * Fashion-MNIST (Debian ``dataset-fashion-mnist``): the four idx ``.gz`` files under
   ``/usr/share/datasets/fashion-mnist`` (override: ``--data-dir`` or ``$GHN_FMNIST_DIR``), parsed with gzip + torch
@@ -10,7 +11,8 @@
   2-core CPU can meta-train. The last 5 % of the bytes is the validation split.
 
 Batches are pure functions of ``(seed, rank, step)``, so a resumed run sees exactly the data it would have seen,
-and DDP ranks see different data without any coordination.
+and DDP ranks see different data without any coordination. The streams read an ``ImageSource`` / ``TextSource``
+(:mod:`train.datasets`); without one they read Fashion-MNIST / fortunes as before.
 """
 from __future__ import annotations
 
@@ -118,31 +120,35 @@ def fortunes_bytes(data_dir: str | os.PathLike | None = None) -> torch.Tensor:
 
 
 class ImageStream:
-    """Training batches of Fashion-MNIST: batch ``n`` of rank ``r`` is a pure function of ``(seed, r, n)``.
+    """Training batches of an image dataset: batch ``n`` of rank ``r`` is a pure function of ``(seed, r, n)``.
 
-    Each rank walks its own sequence of epochs, each a fresh permutation of the 60k images (seeded per epoch),
+    Each rank walks its own sequence of epochs, each a fresh permutation of the training images (seeded per epoch),
     ``batch_size`` images per step.
 
+    Args:
+        source: a :class:`train.datasets.ImageSource` (default: Fashion-MNIST from ``data_dir``).
+
     Shapes:
-        ``batch(n)`` → ``x (B, 1, 28, 28)`` float (normalised), ``y (B,)`` int64.
+        ``batch(n)`` → ``x (B, C, H, W)`` float (normalised; ``(B, 1, 28, 28)`` for Fashion-MNIST), ``y (B,)`` int64.
     """
 
-    def __init__(self, batch_size: int, seed: int = 0, rank: int = 0, data_dir: str | None = None):
-        self.pixels, self.labels = fashion_mnist("train", data_dir)
+    def __init__(self, batch_size: int, seed: int = 0, rank: int = 0, data_dir: str | None = None, source=None):
+        from .datasets import ImageSource
+        self.source = source if source is not None else ImageSource.fashion_mnist(data_dir)
         self.batch_size, self.seed, self.rank = batch_size, seed, rank
         self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:  # consecutive steps share an epoch: cache its permutation
             g = torch.Generator().manual_seed(stream_seed("fmnist", self.seed, self.rank, epoch))
-            self._epoch, self._perm = epoch, torch.randperm(len(self.labels), generator=g)
+            self._epoch, self._perm = epoch, torch.randperm(len(self.source.train), generator=g)
         return self._perm
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        n = len(self.labels)
+        n = len(self.source.train)
         pos = torch.arange(step * self.batch_size, (step + 1) * self.batch_size)
         idx = torch.cat([self._permutation(int(e))[pos[pos // n == e] % n] for e in torch.unique(pos // n)])
-        return normalize(self.pixels[idx]), self.labels[idx]
+        return self.source.load("train", idx)
 
 
 def fortunes_split(data_dir: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,15 +159,19 @@ def fortunes_split(data_dir: str | os.PathLike | None = None) -> tuple[torch.Ten
 
 
 class TextStream:
-    """Training windows of the fortunes bytes: ``batch(n)`` draws ``batch_size`` random windows of ``seq_len + 1``
-    bytes (seeded by ``(seed, rank, n)``) and returns them shifted by one for next-byte prediction.
+    """Training windows of a token stream: ``batch(n)`` draws ``batch_size`` random windows of ``seq_len + 1``
+    tokens (seeded by ``(seed, rank, n)``) and returns them shifted by one for next-token prediction.
+
+    Args:
+        source: a :class:`train.datasets.TextSource` (default: the fortunes bytes from ``data_dir``).
 
     Shapes:
         ``batch(n)`` → ``x (B, T)`` int64 inputs, ``y (B, T)`` int64 targets (``y[:, t] = x[:, t + 1]``).
     """
 
-    def __init__(self, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0, data_dir: str | None = None):
-        self.train, self.val = fortunes_split(data_dir)
+    def __init__(self, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0, data_dir: str | None = None,
+                 source=None):
+        self.train, self.val = fortunes_split(data_dir) if source is None else (source.train, source.val)
         self.batch_size, self.seq_len, self.seed, self.rank = batch_size, seq_len, seed, rank
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:

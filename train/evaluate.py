@@ -2,10 +2,12 @@
 
 Image protocol: initialise the model (``ghn.predict`` or its own default init), then, if it has BatchNorm, reset the
 running statistics and recompute them from 20 training batches of 128 images in train mode (cumulative average,
-``momentum=None``), switch to eval mode and measure top-1 accuracy on the Fashion-MNIST test images (all 10,000
-unless a prefix is asked for). No other training. The BatchNorm batches are the same for every initialisation.
+``momentum=None``), switch to eval mode and measure top-1 accuracy on the test images (Fashion-MNIST's 10,000 by
+default, or any ``--dataset``'s test or held-out split; all of them unless a prefix is asked for). No other
+training. The BatchNorm batches are the same for every initialisation.
 
-LM protocol: next-byte cross-entropy (nats) on fixed windows of the fortunes validation split, in eval mode.
+LM protocol: next-token cross-entropy (nats) on fixed windows of the validation split (the fortunes bytes by
+default), in eval mode.
 
 Command line: compares predicted vs default init on held-out archs of model_zoo (see ``EXAMPLES``), writes JSON.
 """
@@ -32,7 +34,8 @@ from ghn.errors import ConfigError, GHNError
 from ghn.prediction import recalibrate_bn
 
 from .config import TrainConfig, family_task, load_yaml
-from .data import fashion_mnist, fortunes_split, normalize, stream_seed
+from .data import fashion_mnist, normalize, stream_seed
+from .datasets import DATASET_TASKS, ImageSource, open_source, parse_dataset
 from .tasks import zoo_constraints
 
 __all__ = ["ImageEvalData", "bn_batches", "accuracy", "zero_shot_accuracy", "lm_loss", "evaluate_archs",
@@ -46,6 +49,8 @@ EXAMPLES = """Examples:
         --out eval.json
     # other families or sizes
     python -m train.evaluate --ghn runs/fmnist/ckpt-0002500 --families cnn --max-params 200000 --archs 8
+    # a GHN trained on your own data, on the same data's test (or held-out) split
+    python -m train.evaluate --ghn runs/flowers/ckpt-0001000 --dataset imagefolder:~/flowers --image-size 32
 """
 
 BN_BATCHES, BN_BATCH_SIZE = 20, 128  # BatchNorm recalibration protocol
@@ -66,10 +71,31 @@ class ImageEvalData:
 
     @classmethod
     def load(cls, data_dir: str | None = None, test_images: int | None = None) -> ImageEvalData:
-        """All training images and the first ``test_images`` test images (None: all 10,000)."""
+        """All Fashion-MNIST training images and the first ``test_images`` test images (None: all 10,000)."""
         train_x, _ = fashion_mnist("train", data_dir)
         test_x, test_y = fashion_mnist("test", data_dir, limit=test_images)
         return cls(normalize(train_x), normalize(test_x), test_y)
+
+    @classmethod
+    def from_source(cls, source: ImageSource, test_images: int | None = None) -> ImageEvalData:
+        """Any image dataset: its first ``test_images`` test images (None: all), and its training images as a lazy
+        view (only the BatchNorm batches are ever read, so big image folders are not decoded in full)."""
+        n = len(source.test) if test_images is None else min(test_images, len(source.test))
+        test_x, test_y = source.load("test", torch.arange(n))
+        return cls(_TrainView(source), test_x, test_y)
+
+
+class _TrainView:
+    """``view[idx]`` → normalised training images ``(B, C, H, W)`` of an :class:`ImageSource`, loaded on demand."""
+
+    def __init__(self, source: ImageSource):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source.train)
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.source.load("train", torch.as_tensor(idx).reshape(-1))[0]
 
 
 def bn_batches(train_x: torch.Tensor, n: int = BN_BATCHES, batch_size: int = BN_BATCH_SIZE,
@@ -79,7 +105,10 @@ def bn_batches(train_x: torch.Tensor, n: int = BN_BATCHES, batch_size: int = BN_
     g = torch.Generator().manual_seed(stream_seed("bn-recalibration", seed))
     idx = torch.randperm(len(train_x), generator=g)[:n * batch_size]
     for i in range(n):
-        yield train_x[idx[i * batch_size:(i + 1) * batch_size]]
+        batch = idx[i * batch_size:(i + 1) * batch_size]
+        if len(batch) == 0:  # fewer than n * batch_size training images
+            return
+        yield train_x[batch]
 
 
 @torch.no_grad()
@@ -97,7 +126,7 @@ def zero_shot_accuracy(model: nn.Module, data: ImageEvalData, *, seed: int = 0) 
     """Test accuracy (%) of an initialised model with no training, by the protocol in the module docstring.
 
     Args:
-        model: an image model ``(B, 1, 28, 28) -> (B, 10)`` whose parameters are already set (predicted or
+        model: an image model ``(B, C, H, W) -> (B, num_classes)`` whose parameters are already set (predicted or
             default). Its BatchNorm statistics are recomputed; it is left in eval mode.
         data: the evaluation tensors.
         seed: picks the BatchNorm batches (keep it fixed when comparing initialisations).
@@ -114,7 +143,7 @@ def zero_shot_accuracy(model: nn.Module, data: ImageEvalData, *, seed: int = 0) 
 
 @torch.no_grad()
 def lm_loss(model: nn.Module, val: torch.Tensor, seq_len: int, windows: int = 64, seed: int = 0) -> float:
-    """Mean next-byte cross-entropy (nats) on ``windows`` fixed windows of ``val`` (1-D byte tensor), eval mode."""
+    """Mean next-token cross-entropy (nats) on ``windows`` fixed windows of ``val`` (1-D token ids), eval mode."""
     g = torch.Generator().manual_seed(stream_seed("lm-eval", seed))
     starts = torch.randint(0, len(val) - seq_len - 1, (windows,), generator=g)
     win = val[starts[:, None] + torch.arange(seq_len + 1)]
@@ -163,7 +192,7 @@ def evaluate_archs(ghn: GHN, specs: dict, *, image_data: ImageEvalData | None = 
                     row[init] = zero_shot_accuracy(model, image_data, seed=seed)
                 else:
                     if lm_val is None:
-                        raise GHNError("evaluate_archs: LM archs need lm_val (the fortunes validation bytes)")
+                        raise GHNError("evaluate_archs: LM archs need lm_val (the validation token ids)")
                     row[init] = lm_loss(model, lm_val, spec.hparams["seq_len"], seed=seed)
         rows.append(row)
         logger.info("%s (%s, %d params): ghn %.2f, default %.2f", name, spec.family, row["params"], row["ghn"],
@@ -194,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--constraints", default=None, help="sampler constraints as YAML/JSON (overrides --config)")
     p.add_argument("--images", type=int, default=10_000, help="test images (a prefix of the test set)")
     p.add_argument("--seed", type=int, default=0, help="selects the held-out archs and the BatchNorm batches")
+    p.add_argument("--dataset", default=None, help="the data, as for python -m train (overrides --config; default: "
+                   "fashion-mnist, or fortunes for LM families)")
+    p.add_argument("--image-size", type=int, default=None, help="resize images to SIZExSIZE (as in training)")
+    p.add_argument("--tokenizer", default=None, help="lm: the tokenizer directory the GHN was trained with")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=None, help="write rows and summary as JSON here")
     args = p.parse_args(argv)
@@ -201,20 +234,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = _zoo_config(args)
         ghn = GHN.from_pretrained(args.ghn)
-        specs = eval_specs(args.archs, tuple(cfg.families), zoo_constraints(cfg), seed=args.seed)
+        source = open_source(cfg)
+        constraints = zoo_constraints(cfg, source)
+        specs = eval_specs(args.archs, tuple(cfg.families), constraints, seed=args.seed)
         t0 = time.time()
         if cfg.task == "lm":
-            rows = evaluate_archs(ghn, specs, lm_val=fortunes_split(args.data_dir)[1], seed=args.seed)
+            rows = evaluate_archs(ghn, specs, lm_val=source.val, seed=args.seed)
         else:
-            rows = evaluate_archs(ghn, specs, image_data=ImageEvalData.load(args.data_dir, args.images),
+            rows = evaluate_archs(ghn, specs, image_data=ImageEvalData.from_source(source, args.images),
                                   seed=args.seed)
     except GHNError as e:
         print(f"train.evaluate: error: {e}", file=sys.stderr)
         return 1
     summary = summarize(rows)
     command = "python -m train.evaluate " + shlex.join(sys.argv[1:] if argv is None else argv)
-    result = {"command": command, "ghn": str(args.ghn), "task": cfg.task, "archs": len(rows), "families": cfg.families,
-              "constraints": zoo_constraints(cfg), "test_images": args.images if cfg.task == "image" else None,
+    result = {"command": command, "ghn": str(args.ghn), "task": cfg.task, "dataset": source.name, "archs": len(rows),
+              "families": cfg.families, "constraints": constraints,
+              "test_images": min(args.images, len(source.test)) if cfg.task == "image" else None,
               "seed": args.seed, "seconds": round(time.time() - t0, 1), "summary": summary, "rows": rows}
     print(json.dumps(summary, indent=1))
     if args.out:
@@ -229,6 +265,13 @@ def _zoo_config(args: argparse.Namespace) -> TrainConfig:
         d["families"] = args.families
         if all(family_task(f) == "lm" for f in args.families):
             d["task"] = "lm"
+    for key in ("dataset", "image_size", "tokenizer", "data_dir"):
+        if getattr(args, key) is not None:
+            d[key] = getattr(args, key)
+    data_task = DATASET_TASKS[parse_dataset(args.dataset)[0]] if args.dataset else None
+    if data_task and args.families is None and d.get("task", "image") != data_task:
+        # e.g. --dataset text:FILE alone: evaluate the LM families on it
+        d["task"], d["families"] = data_task, ["gpt", "llama"] if data_task == "lm" else ["cnn", "vit", "mlp"]
     if args.max_params is not None:
         d["max_params"] = args.max_params
     if args.constraints is not None:

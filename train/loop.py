@@ -38,6 +38,7 @@ from ghn.errors import ConfigError
 from .checkpoint import (CONFIG_YAML, Checkpoint, atomic_write_text, check_run_dir, clean_partial_saves, git_hash,
                          load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint)
 from .config import TrainConfig
+from .datasets import ImageSource, TextSource
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, init_distributed, shutdown
 from .metrics import MetricsLog
 from .prefetch import Prefetcher
@@ -120,10 +121,12 @@ class Counters:
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------------
-def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
+def train(cfg: TrainConfig, command: str | None = None,
+          data: ImageSource | TextSource | None = None) -> dict[str, Any]:
     """Meta-train a GHN as configured; returns a summary (final step, last losses, skipped steps, out dir).
 
-    Runs in-process, or as one rank of a ``torchrun`` job (see :mod:`train.distributed`).
+    Runs in-process, or as one rank of a ``torchrun`` job (see :mod:`train.distributed`). ``data``: the training
+    data, already opened (:func:`train.meta_train` passes a Python dataset this way); None opens ``cfg.dataset``.
 
     Raises:
         ConfigError: an invalid config or data directory; CheckpointError: an unusable ``cfg.resume``.
@@ -133,13 +136,14 @@ def train(cfg: TrainConfig, command: str | None = None) -> dict[str, Any]:
     try:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        return _train(cfg, info, command)
+        return _train(cfg, info, command, data)
     finally:
         torch.set_num_threads(threads)  # in-process callers (tests, notebooks) get their setting back
         shutdown(info)
 
 
-def _train(cfg: TrainConfig, info: DistInfo, command: str | None) -> dict[str, Any]:
+def _train(cfg: TrainConfig, info: DistInfo, command: str | None, data: ImageSource | TextSource | None
+           ) -> dict[str, Any]:
     out = Path(cfg.out)
     ckpt: Checkpoint | None = load_checkpoint(cfg.resume) if cfg.resume else None
     check_run_dir(out, ckpt, cfg.steps)  # ConfigError rather than overwrite a checkpoint, ours or another run's
@@ -152,8 +156,8 @@ def _train(cfg: TrainConfig, info: DistInfo, command: str | None) -> dict[str, A
 
     torch.manual_seed(cfg.seed)  # the same GHN init on every rank (DDP also broadcasts rank 0's weights)
     ghn = GHN(ghn_config(cfg)).to(info.device)
-    task = make_task(cfg, info.rank)
-    _set_metadata(ghn, cfg, command)
+    task = make_task(cfg, info.rank, data)
+    _set_metadata(ghn, cfg, command, task)
     decay = [p for p in ghn.parameters() if p.ndim >= 2]  # no weight decay on gains, biases and norms
     rest = [p for p in ghn.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -166,7 +170,7 @@ def _train(cfg: TrainConfig, info: DistInfo, command: str | None) -> dict[str, A
         start, arch_state = _restore(ckpt, ghn, opt, sched, counters, cfg, info)
     ghn.train()
 
-    archs = _arch_iterator(cfg, info, arch_state)
+    archs = _arch_iterator(cfg, info, arch_state, task)
 
     def prepare(step: int) -> StepInputs:
         samples = [next(archs) for _ in range(cfg.meta_batch)]
@@ -281,12 +285,12 @@ def _step(predictor: nn.Module, ghn: GHN, task: Task, inp: StepInputs, opt: torc
     return {"loss": mean[0], "task_loss": mean[1], "reg": mean[2], "grad_norm": grad_norm, **extra}
 
 
-def _arch_iterator(cfg: TrainConfig, info: DistInfo, state: list[dict] | None) -> Iterator:
+def _arch_iterator(cfg: TrainConfig, info: DistInfo, state: list[dict] | None, task: Task) -> Iterator:
     """This rank's stream of training archs, positioned where the checkpoint left it."""
     from model_zoo import ArchDataset
 
     ds = ArchDataset(families=tuple(cfg.families), split="train", seed=cfg.seed,
-                     constraints=zoo_constraints(cfg), cache_dir=cfg.graph_cache, rank=info.rank,
+                     constraints=zoo_constraints(cfg, task.source), cache_dir=cfg.graph_cache, rank=info.rank,
                      world_size=info.world_size)
     if state is not None:
         ds.load_state_dict(state[info.rank])
@@ -315,7 +319,7 @@ def _save(out: Path, step: int, ghn: GHN, opt, sched, counters: Counters, cfg: T
         for kind, t in g["rng"].items():
             tensors[f"rng.{kind}.{r}"] = t
     ghn.config.trained = step > 0
-    ghn.config.notes = _notes(cfg, step, command)
+    ghn.config.notes = {**ghn.config.notes, **_notes(cfg, step, command)}  # keeps the data notes
     state = {"world_size": info.world_size, "optimizer": opt_meta, "scheduler": sched.state_dict(),
              "arch_stream": [g["arch"] for g in gathered], "skipped": counters.skipped, "archs": counters.archs,
              "git": git_hash(), "command": command}
@@ -327,7 +331,8 @@ def _restore(ckpt: Checkpoint, ghn: GHN, opt, sched, counters: Counters, cfg: Tr
              info: DistInfo) -> tuple[int, list[dict] | None]:
     """Load GHN, optimizer, schedule, counters and this rank's RNG state; returns (step, arch stream states)."""
     saved = GHN.from_pretrained(ckpt.path, device=info.device)  # strict; raises CheckpointError
-    ignore = {"trained", "notes", "num_classes", "input_shape"}  # metadata, not architecture
+    ignore = {"trained", "notes", "num_classes", "input_shape", "task", "vocab_size", "input_mean",
+              "input_std"}  # metadata, not architecture
     mine = {k: v for k, v in ghn.config.to_dict().items() if k not in ignore}
     theirs = {k: v for k, v in saved.config.to_dict().items() if k not in ignore}
     if mine != theirs:
@@ -347,32 +352,29 @@ def _restore(ckpt: Checkpoint, ghn: GHN, opt, sched, counters: Counters, cfg: Tr
 
 def _evaluate(ghn: GHN, cfg: TrainConfig, task: Task) -> dict[str, float]:
     """Zero-shot metric on ``cfg.eval_archs`` held-out archs (rank 0 only; RNG untouched)."""
-    from .evaluate import ImageEvalData, evaluate_archs, eval_specs, summarize
+    from .evaluate import evaluate_archs, eval_specs, summarize
 
-    specs = eval_specs(cfg.eval_archs, tuple(cfg.families), zoo_constraints(cfg))
-    if cfg.task == "image":
-        rows = evaluate_archs(ghn, specs, image_data=ImageEvalData.load(cfg.data_dir, cfg.eval_images))
-        key = "eval_acc"
-    else:
-        rows = evaluate_archs(ghn, specs, lm_val=task.stream.val)
-        key = "eval_loss"
+    specs = eval_specs(cfg.eval_archs, tuple(cfg.families), zoo_constraints(cfg, task.source))
+    rows = evaluate_archs(ghn, specs, **task.eval_data(cfg.eval_images))
+    key = "eval_acc" if cfg.task == "image" else "eval_loss"
     ghn.train()
     s = summarize(rows)["all"]
     return {f"{key}_ghn": s["ghn"], f"{key}_default": s["default"]}
 
 
 def _notes(cfg: TrainConfig, step: int, command: str | None) -> dict[str, Any]:
-    """Provenance written into the GHN's config.json and model card."""
-    data = ("Fashion-MNIST train (60k, 1x28x28, x = (pixel/255 - 0.2860) / 0.3530)" if cfg.task == "image"
-            else f"fortunes bytes (vocab 256, seq_len {cfg.seq_len})")
-    return {"task": cfg.task, "data": data, "zoo": f"{'+'.join(cfg.families)} train split, max_params "
+    """Provenance written into the GHN's config.json and model card (the data's own notes: :func:`_set_metadata`)."""
+    return {"task": cfg.task, "zoo": f"{'+'.join(cfg.families)} train split, max_params "
             f"{cfg.max_params}{', ' + json.dumps(cfg.zoo_constraints) if cfg.zoo_constraints else ''}",
             "steps": step, "meta_batch": cfg.meta_batch, "batch_size": cfg.batch_size,
             "command": command or "python -m train"}
 
 
-def _set_metadata(ghn: GHN, cfg: TrainConfig, command: str | None) -> None:
-    """Fill the GHN's metadata (what it is trained for) before anything is saved."""
-    if cfg.task == "image":
-        ghn.config.num_classes, ghn.config.input_shape = 10, [1, 28, 28]
-    ghn.config.notes = _notes(cfg, 0, command)
+def _set_metadata(ghn: GHN, cfg: TrainConfig, command: str | None, task: Task) -> None:
+    """Fill the GHN's metadata (task, input shape, classes or vocabulary, normalisation) before anything is saved."""
+    for key, value in task.metadata().items():
+        setattr(ghn.config, key, value)
+    src = task.source
+    data = {"dataset": src.name, "data": src.describe()}
+    data.update({"classes": src.classes} if src.task == "image" else {"tokenizer": src.tokenizer})
+    ghn.config.notes = {**_notes(cfg, 0, command), **data}

@@ -1,7 +1,8 @@
 """Tasks: what data an arch sees during meta-training and how its loss is computed from predicted parameters.
 
-A task owns its data stream, the model_zoo constraints that make sampled archs fit its data (input shape and
-classes, or vocabulary and context length), and the loss of one arch run *functionally* with predicted parameters:
+A task owns its data (a :mod:`train.datasets` source and its stream), the model_zoo constraints that make sampled
+archs fit that data (input shape and classes, or vocabulary and context length, read from the data), the metadata
+the trained GHN records about it, and the loss of one arch run *functionally* with predicted parameters:
 ``torch.func.functional_call(model, {**params, **buffers}, (x,))``. Nothing is copied into the module, so the
 loss stays differentiable with respect to the GHN.
 """
@@ -14,15 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from ghn.errors import ConfigError
+
 from .config import TrainConfig
 from .data import ImageStream, TextStream
+from .datasets import ImageSource, TextSource, open_source
 
 __all__ = ["Task", "ImageTask", "LMTask", "make_task", "run_functional", "task_constraints", "zoo_constraints"]
-
-IMAGE_SHAPE = (1, 28, 28)
-NUM_CLASSES = 10
-VOCAB_SIZE = 256  # byte-level tokens (see train.data)
-
 
 def run_functional(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """``model(x)`` with ``params`` in place of its parameters; returns the logits tensor.
@@ -36,9 +35,11 @@ def run_functional(model: nn.Module, params: dict[str, torch.Tensor], x: torch.T
 
 
 class Task:
-    """Base class. Subclasses set ``name`` and implement :meth:`batch` and :meth:`loss`."""
+    """Base class. Subclasses set ``name`` and ``source`` and implement :meth:`batch`, :meth:`loss`,
+    :meth:`constraints`, :meth:`metadata` and :meth:`eval_data`."""
 
     name = ""
+    source: ImageSource | TextSource
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The shared data batch of ``step`` (inputs, targets), on CPU."""
@@ -49,15 +50,29 @@ class Task:
         """Scalar task loss of ``model`` run with ``params`` on ``(x, y)``, plus float metrics to log."""
         raise NotImplementedError
 
+    def constraints(self) -> dict[str, Any]:
+        """model_zoo sampler constraints that make an arch fit this task's data."""
+        raise NotImplementedError
+
+    def metadata(self) -> dict[str, Any]:
+        """GHNConfig fields describing the data (written to the trained GHN's config.json)."""
+        raise NotImplementedError
+
+    def eval_data(self, n: int) -> dict[str, Any]:
+        """Keyword arguments of :func:`train.evaluate.evaluate_archs` for this data (``n`` test images)."""
+        raise NotImplementedError
 
 
 class ImageTask(Task):
-    """Fashion-MNIST classification: cross-entropy of ``(B, 10)`` logits; logs top-1 accuracy on the batch."""
+    """Image classification (Fashion-MNIST by default): cross-entropy of ``(B, num_classes)`` logits; logs top-1
+    accuracy on the batch."""
 
     name = "image"
 
-    def __init__(self, cfg: TrainConfig, rank: int = 0):
-        self.stream = ImageStream(cfg.batch_size, cfg.seed, rank, cfg.data_dir)
+    def __init__(self, cfg: TrainConfig, rank: int = 0, source: ImageSource | None = None):
+        self.source = source if source is not None else open_source(cfg)
+        self.stream = ImageStream(cfg.batch_size, cfg.seed, rank, source=self.source)
+        self._eval: dict[int, Any] = {}
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.stream.batch(step)
@@ -67,33 +82,65 @@ class ImageTask(Task):
         loss = F.cross_entropy(logits, y)
         return loss, {"acc": (logits.argmax(1) == y).float().mean().item() * 100}
 
+    def constraints(self) -> dict[str, Any]:
+        return dict(input_shape=tuple(self.source.input_shape), num_classes=self.source.num_classes)
+
+    def metadata(self) -> dict[str, Any]:
+        s = self.source
+        return dict(task="image", input_shape=list(s.input_shape), num_classes=s.num_classes, vocab_size=None,
+                    input_mean=s.mean, input_std=s.std)
+
+    def eval_data(self, n: int) -> dict[str, Any]:
+        from .evaluate import ImageEvalData  # late: evaluate imports this module
+        if n not in self._eval:  # loaded once per run (image folders decode files)
+            self._eval[n] = ImageEvalData.from_source(self.source, n)
+        return {"image_data": self._eval[n]}
+
 
 class LMTask(Task):
-    """Causal byte-level language modelling on fortunes: next-byte cross-entropy of ``(B, T, 256)`` logits."""
+    """Causal language modelling (fortunes bytes by default): next-token cross-entropy of ``(B, T, vocab)``
+    logits."""
 
     name = "lm"
 
-    def __init__(self, cfg: TrainConfig, rank: int = 0):
-        self.stream = TextStream(cfg.batch_size, cfg.seq_len, cfg.seed, rank, cfg.data_dir)
+    def __init__(self, cfg: TrainConfig, rank: int = 0, source: TextSource | None = None):
+        self.source = source if source is not None else open_source(cfg)
+        self.seq_len = cfg.seq_len
+        self.stream = TextStream(cfg.batch_size, cfg.seq_len, cfg.seed, rank, source=self.source)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.stream.batch(step)
 
     def loss(self, model, params, x, y):
-        logits = run_functional(model, params, x).float()  # (B, T, 256)
+        logits = run_functional(model, params, x).float()  # (B, T, vocab)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        return loss, {"bits_per_byte": loss.item() / 0.6931471805599453}
+        # bits per token: per byte when the tokens are bytes
+        return loss, {"bits_per_byte" if self.source.tokenizer is None else "bits_per_token":
+                      loss.item() / 0.6931471805599453}
+
+    def constraints(self) -> dict[str, Any]:
+        return dict(vocab_size=self.source.vocab_size, seq_len=self.seq_len)
+
+    def metadata(self) -> dict[str, Any]:
+        return dict(task="lm", input_shape=[self.seq_len], vocab_size=self.source.vocab_size, num_classes=None,
+                    input_mean=None, input_std=None)
+
+    def eval_data(self, n: int) -> dict[str, Any]:
+        return {"lm_val": self.source.val}
 
 
-def task_constraints(cfg: TrainConfig) -> dict[str, Any]:
-    """model_zoo sampler constraints every arch of ``cfg.task`` needs to fit its data."""
-    if cfg.task == "image":
-        return dict(input_shape=IMAGE_SHAPE, num_classes=NUM_CLASSES)
-    return dict(vocab_size=VOCAB_SIZE, seq_len=cfg.seq_len)
+def task_constraints(cfg: TrainConfig, source: ImageSource | TextSource | None = None) -> dict[str, Any]:
+    """model_zoo sampler constraints every arch of ``cfg.task`` needs to fit its data: the input shape and class
+    count of the images, or the vocabulary of the text and ``cfg.seq_len`` (``source``: the opened data; None
+    opens ``cfg.dataset``)."""
+    source = source if source is not None else open_source(cfg)
+    if source.task == "image":
+        return dict(input_shape=tuple(source.input_shape), num_classes=source.num_classes)
+    return dict(vocab_size=source.vocab_size, seq_len=cfg.seq_len)
 
 
-def zoo_constraints(cfg: TrainConfig) -> dict[str, Any]:
-    """Sampler constraints of a run: the task's shapes, the size limit, then the user's extra constraints.
+def zoo_constraints(cfg: TrainConfig, source: ImageSource | TextSource | None = None) -> dict[str, Any]:
+    """Sampler constraints of a run: the data's shapes, the size limit, then the user's extra constraints.
 
     ``cfg.zoo_constraints`` is either shared by all families (``{max_depth: 4}``) or per family
     (``{cnn: {max_nodes: 2}, vit: {max_tokens: 49}}``, when every key is a model_zoo family), as model_zoo's
@@ -102,13 +149,16 @@ def zoo_constraints(cfg: TrainConfig) -> dict[str, Any]:
     """
     from model_zoo import list_families
 
-    base = {**task_constraints(cfg), "max_params": cfg.max_params}
+    base = {**task_constraints(cfg, source), "max_params": cfg.max_params}
     extra = cfg.zoo_constraints
     if extra and set(extra) <= set(list_families()):
         return {f: {**base, **extra.get(f, {})} for f in cfg.families}
     return {**base, **extra}
 
 
-def make_task(cfg: TrainConfig, rank: int = 0) -> Task:
-    """The task named by ``cfg.task`` with its data stream for ``rank``."""
-    return {"image": ImageTask, "lm": LMTask}[cfg.task](cfg, rank)
+def make_task(cfg: TrainConfig, rank: int = 0, source: ImageSource | TextSource | None = None) -> Task:
+    """The task named by ``cfg.task`` with its data stream for ``rank`` (``source``: the data, already opened;
+    None opens ``cfg.dataset``)."""
+    if source is not None and source.task != cfg.task:
+        raise ConfigError(f"the data is for task {source.task!r} but the config says task {cfg.task!r}")
+    return {"image": ImageTask, "lm": LMTask}[cfg.task](cfg, rank, source)
