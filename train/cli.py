@@ -16,6 +16,15 @@ Examples:
     # byte-level language models on the fortunes text
     python -m train --config train/configs/fortunes_lm.yaml --out runs/lm
 
+    # your own data: a folder of class subfolders, a torchvision dataset on disk, a text corpus (+ a tokenizer)
+    python -m train --config train/configs/tiny_cpu.yaml --dataset imagefolder:~/photos --image-size 32 --out runs/p
+    python -m train --config train/configs/fmnist.yaml --dataset torchvision:CIFAR10:~/data/cifar10 --out runs/c10
+    python -m train --config train/configs/fortunes_lm.yaml --dataset text:corpus.txt --tokenizer ~/tok --out runs/t
+
+    # several machines: the same command on each (--node-rank 0, 1, ...), data at the same path everywhere
+    torchrun --nnodes 2 --node-rank 0 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST0:29500 \\
+        -m train --config train/configs/fmnist.yaml --dataset torchvision:CIFAR10:/data/cifar10 --out runs/c10
+
 Precedence: defaults < the resumed checkpoint's config.yaml < --config FILE.yaml < flags.
 """
 from __future__ import annotations
