@@ -1,171 +1,348 @@
-"""``ghn-predict``: predict the parameters of a model and write them to safetensors.
+"""ghn-predict: predict the parameters of a model and write them to safetensors.
 
 Examples:
-    ghn-predict --model timm:resnet18 --model-kwargs '{"num_classes": 10, "in_chans": 1}' \\
-        --ghn checkpoints/ghn-fmnist --out resnet18.safetensors
-    ghn-predict --model hf:gpt2 --model-kwargs '{"n_layer": 2}' --out gpt2-2l.safetensors
-    ghn-predict --model hf:path/to/config.json --meta --out big.safetensors --max-shard-size 2GB
+    ghn-predict --model timm:resnet18 --model-kwargs '{"num_classes": 10, "in_chans": 1}' --out resnet18.safetensors
     ghn-predict --model torchvision:resnet50 --input-shape 3,224,224 --out r50.safetensors
+    ghn-predict --model hf:gpt2 --model-kwargs '{"n_layer": 2}' --seq-len 32 --out gpt2-2l.safetensors
+    ghn-predict --model hf:t5 --out t5.safetensors               # any transformers model type
+    ghn-predict --model hf:gpt2-large --meta --out gpt2-large.safetensors --max-shard-size 1GB
+    ghn-predict --model hf:path/to/config.json --meta --out big.safetensors
+
+Exit status: 0 on success, 1 on an error (one line on stderr, nothing written), 2 on a bad flag, 130 on Ctrl-C.
 """
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import logging
+import math
 import os
+import re
+import shutil
 import sys
+import tempfile
+import textwrap
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from .errors import ConfigError, GHNError
+from .errors import ConfigError, GHNError, OutputError
+from .sources import load_model
 
-__all__ = ["main", "load_model", "save_sharded"]
+__all__ = ["main", "load_model", "save_sharded", "OutputFiles"]
 
 logger = logging.getLogger("ghn")
-DEFAULT_GHN = "checkpoints/ghn-fmnist"
+DEFAULT_GHN = "ghn-fmnist"  # a shipped predictor: found in this checkout's checkpoints/ from any directory
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples' line breaks, shows every default that is a value, never breaks a name at a hyphen."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "(default:" in text:
+            return text
+        return text + " (default: %(default)s)"
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ghn-predict", description=__doc__.split("\n")[0], allow_abbrev=False,
-                                epilog=__doc__.split("Examples:")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog="Examples:" + __doc__.split("Examples:")[1], formatter_class=_Formatter)
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True,
-                   help="timm:<name>, torchvision:<name>, or hf:<config name (gpt2, bert-base-uncased, ...) or path to "
-                        "a config.json / directory>")
-    g.add_argument("--model-kwargs", default="{}", help="JSON dict passed to the model constructor / config")
+                   help="timm:<name>, torchvision:<name>, or hf:<transformers model type (gpt2, bert, t5, vit, ...), "
+                        "Hub name in the local HF cache, or path to a config.json / directory>")
+    g.add_argument("--model-kwargs", default="{}",
+                   help="JSON object passed to the model constructor (timm, torchvision) or config (hf)")
     g.add_argument("--input-shape", default=None, type=_shape,
-                   help="example input shape without batch, e.g. 3,224,224 (default: what the model declares)")
+                   help="example input shape without the batch dimension, e.g. 3,224,224; token ids of this shape "
+                        "(e.g. 16) for a model whose first layer is an embedding (default: what the model declares)")
+    g.add_argument("--seq-len", default=None, type=_positive_int,
+                   help="trace a language model on token ids of this length (same as --input-shape N)")
     g.add_argument("--meta", action="store_true",
                    help="build the model on the meta device (no weight memory) and stream predictions: for big models")
     g = p.add_argument_group("predictor")
-    g.add_argument("--ghn", default=DEFAULT_GHN, help=f"GHN directory or Hub repo id (default: {DEFAULT_GHN})")
-    g.add_argument("--device", default="cpu", help="device of the GHN (cpu, cuda, ...)")
-    g.add_argument("--classifier", choices=("predict", "reinit"), default="predict")
+    g.add_argument("--ghn", default=DEFAULT_GHN,
+                   help="shipped predictor name (ghn-fmnist), GHN directory, training run directory or Hub repo id")
+    g.add_argument("--device", default="cpu", help="device of the GHN and of a --meta model (cpu, cuda, cuda:1, ...)")
+    g.add_argument("--classifier", choices=("predict", "reinit"), default="predict",
+                   help="keep the predicted classifier / LM head, or re-initialise it (other number of classes)")
     g = p.add_argument_group("output")
-    g.add_argument("--out", required=True, help="output .safetensors file (shards: <stem>-00001-of-0000N.safetensors)")
-    g.add_argument("--max-shard-size", default=5 * 10**9, type=_size, help="split the output into shards of at most this size")
-    g.add_argument("-v", "--verbose", action="store_true")
+    g.add_argument("--out", required=True,
+                   help="output .safetensors file; big models get shards <stem>-00001-of-0000N.safetensors + an index")
+    g.add_argument("--max-shard-size", default="5GB", type=_size, help="largest shard (e.g. 500MB, 5GB)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress lines, only the summary and errors")
+    g.add_argument("-v", "--verbose", action="store_true", help="also log what ghn does (INFO)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``ghn-predict``; returns the exit status (see the module docstring)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    output = None
     try:
-        return _run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            output = OutputFiles(Path(args.out))  # checked (and its temporary directory made) before any work
+            with output:
+                _run(args, output, _Progress(quiet=args.quiet))
+        return 0
     except GHNError as e:
-        print(f"ghn-predict: error: {e}", file=sys.stderr)
+        print(f"ghn-predict: error: {cli_terms(str(e))}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("ghn-predict: interrupted; no output written" if output is None or not output.moved else
+              "ghn-predict: interrupted while moving files into place; the output is incomplete", file=sys.stderr)
+        return 130
 
 
-def _run(args: argparse.Namespace) -> int:
-    from .graph import build_graph
+def _run(args: argparse.Namespace, output: OutputFiles, progress: _Progress) -> None:
+    from .domain import graph_for
     from .hypernet import GHN
+    from .prediction import resolve_device
+    kwargs = _model_kwargs(args.model_kwargs)
+    if args.seq_len is not None and args.input_shape is not None:
+        raise ConfigError("give --input-shape or --seq-len, not both (--seq-len N is --input-shape N for token ids)")
+    resolve_device(args.device)  # a bad --device fails now, not after building the model
+    progress(f"loading GHN {args.ghn}")
+    ghn = GHN.from_pretrained(_ghn_location(args.ghn), device=args.device)
+    print(f"GHN: {args.ghn} ({sum(p.numel() for p in ghn.parameters()):,} parameters, "
+          f"{'trained' if ghn.config.trained else 'UNTRAINED: predictions are a structured random init'})")
+    progress(f"building {args.model}{' on the meta device' if args.meta else ''}")
+    t0 = time.perf_counter()
+    model = load_model(args.model, kwargs, meta=args.meta)
+    n_params = sum(p.numel() for p in model.parameters())
+    t1 = time.perf_counter()
+    progress(f"tracing {type(model).__name__} ({n_params:,} parameters)")
+    shape = (args.seq_len,) if args.seq_len is not None else args.input_shape
+    example = example_inputs(model, shape, token_ids=args.seq_len is not None)
+    graph, example = graph_for(ghn.config, model, example, ghn.config.max_hops)
+    progress(f"predicting {len(graph.param_names):,} tensors from a graph of {len(graph):,} nodes")
+    model = ghn.predict(model, example, graph=graph, classifier=args.classifier, device=args.device)
+    t2 = time.perf_counter()
+    files = output.write(model, args.max_shard_size, progress)
+    t3 = time.perf_counter()
+    print(f"model: {args.model} ({type(model).__name__}, {n_params:,} parameters) built in {t1 - t0:.2f}s")
+    print(f"predicted in {t2 - t1:.2f}s (graph build included): {graph.coverage}")
+    print(f"wrote {', '.join(str(f) for f in files)} in {t3 - t2:.2f}s")
+
+
+def _model_kwargs(text: str) -> dict[str, Any]:
     try:
-        kwargs = json.loads(args.model_kwargs)
+        kwargs = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"--model-kwargs is not valid JSON ({e}); e.g. --model-kwargs '{{\"num_classes\": 10}}'")
     if not isinstance(kwargs, dict):
         raise ConfigError("--model-kwargs must be a JSON object, e.g. '{\"num_classes\": 10}'")
-    ghn = GHN.from_pretrained(args.ghn, device=args.device)
-    print(f"GHN: {args.ghn} ({sum(p.numel() for p in ghn.parameters()):,} parameters, "
-          f"{'trained' if ghn.config.trained else 'UNTRAINED: predictions are a structured random init'})")
-    t0 = time.perf_counter()
-    model = load_model(args.model, kwargs, meta=args.meta)
-    n_params = sum(p.numel() for p in model.parameters())
-    example = None
-    if args.input_shape:
-        example = torch.randn(2, *args.input_shape)
-    t1 = time.perf_counter()
-    graph = build_graph(model, example, max_hops=ghn.config.max_hops)
-    model = ghn.predict(model, graph=graph, classifier=args.classifier, device=args.device)
-    t2 = time.perf_counter()
-    pred_coverage = graph.coverage
-    files = save_sharded(model, Path(args.out), args.max_shard_size)
-    t3 = time.perf_counter()
-    print(f"model: {args.model} ({type(model).__name__}, {n_params:,} parameters) built in {t1 - t0:.2f}s")
-    print(f"predicted in {t2 - t1:.2f}s (graph build included): {pred_coverage}")
-    print(f"wrote {', '.join(str(f) for f in files)} in {t3 - t2:.2f}s")
-    return 0
+    return kwargs
 
 
-def load_model(spec: str, kwargs: dict, meta: bool = False) -> nn.Module:
-    """Build a model from ``timm:<name>``, ``torchvision:<name>`` or ``hf:<config name or path>``.
+def _ghn_location(name: str) -> str:
+    """A training run directory (with ``latest.json``) means its newest checkpoint; anything else is unchanged."""
+    latest = Path(name) / "latest.json"
+    if latest.is_file():
+        try:
+            return str(Path(name) / json.loads(latest.read_text())["dir"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"--ghn {name}: {latest} is not a valid pointer to a checkpoint ({e})") from None
+    return name
+
+
+# ---- example inputs ----------------------------------------------------------------------------------------------
+def takes_token_ids(model: nn.Module) -> bool:
+    """Whether the model's first layer is an embedding (so its input is integer token ids)."""
+    first = next((m for m in model.modules()
+                  if isinstance(m, nn.modules.conv._ConvNd | nn.Linear | nn.Embedding | nn.EmbeddingBag)), None)
+    return isinstance(first, nn.Embedding | nn.EmbeddingBag)
+
+
+def example_inputs(model: nn.Module, shape: tuple[int, ...] | None, token_ids: bool = False) -> Any:
+    """Inputs of ``shape`` (batch 2 prepended) for tracing; ``None`` when no shape is given (the model's own).
+
+    Token ids when the model's first layer is an embedding (transformers models get them as ``input_ids``, plus
+    ``decoder_input_ids`` for encoder-decoders), floats of the model's dtype otherwise.
 
     Raises:
-        ConfigError: unknown source prefix or model name (with close matches).
+        ConfigError: ``token_ids`` (``--seq-len``) for a model that does not take token ids.
     """
-    source, _, name = spec.partition(":")
-    if not name:
-        raise ConfigError(f"--model {spec!r} has no source prefix; use timm:<name>, torchvision:<name> or hf:<name>")
-    if source not in ("timm", "torchvision", "hf"):
-        raise ConfigError(f"unknown model source {source!r} in {spec!r}; use timm:, torchvision: or hf:")
-    try:
-        return _build(source, name, kwargs, meta)
-    except (TypeError, ValueError) as e:
-        if isinstance(e, GHNError):
-            raise
-        raise ConfigError(f"could not build {spec} with --model-kwargs {json.dumps(kwargs)}: {e}") from e
+    if shape is None:
+        return None
+    if not takes_token_ids(model):
+        if token_ids:
+            raise ConfigError(f"--seq-len needs a model that takes token ids, but {type(model).__name__}'s first layer "
+                              "is not an embedding; give --input-shape (e.g. 3,224,224) instead")
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        return torch.randn(2, *shape, dtype=dtype)
+    vocab = next(m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding | nn.EmbeddingBag))
+    ids = torch.arange(2 * math.prod(shape)).reshape(2, *shape) % vocab
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        return ids
+    inputs: dict[str, Any] = {"input_ids": ids}
+    if getattr(config, "is_encoder_decoder", False):
+        inputs["decoder_input_ids"] = ids
+    if getattr(config, "use_cache", False):
+        inputs["use_cache"] = False  # a KV cache is not part of the computation graph
+    return inputs
 
 
-def _build(source: str, name: str, kwargs: dict, meta: bool) -> nn.Module:
-    ctx = torch.device("meta") if meta else torch.device("cpu")
-    if source == "timm":
-        import timm
-        if not timm.is_model(name):
-            raise ConfigError(f"unknown timm model {name!r}{_suggest(name, timm.list_models())}")
-        with ctx:
-            return timm.create_model(name, pretrained=False, **kwargs)
-    if source == "torchvision":
-        import torchvision
-        names = torchvision.models.list_models()
-        if name not in names:
-            raise ConfigError(f"unknown torchvision model {name!r}{_suggest(name, names)}")
-        with ctx:
-            return torchvision.models.get_model(name, weights=None, **kwargs)
-    return _hf_model(name, kwargs, ctx)
+# ---- messages ----------------------------------------------------------------------------------------------------
+# The library's errors speak Python (example_inputs=..., device='cpu'); on the command line the same advice is a flag.
+_CLI_TERMS: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), r) for p, r in (
+    (r"leave example_inputs=None to use it", "omit --input-shape to use it"),
+    (r"[Pp]ass example_inputs=\.\.\., e\.g\. .*? for a language model",
+     "pass --input-shape, e.g. 3,224,224 for an image model, or --seq-len 16 for a language model"),
+    (r"[Pp]ass example_inputs=\.\.\. that the model's forward\(\) accepts",
+     "Pass an --input-shape (or --seq-len for token ids) that the model's forward() accepts"),
+    (r"example_inputs=\.\.\.(?: \(a dict of keyword tensors\))?",
+     "inputs the command line cannot describe (use the Python API: ghn.predict(model, example_inputs=...))"),
+    (r"\bdevice='([^']*)'", r"--device \1"),
+))
 
 
-def _hf_model(name: str, kwargs: dict, ctx: torch.device) -> nn.Module:
-    import transformers
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-    path = Path(name)
-    if path.is_file():
-        config_dict = json.loads(path.read_text())
-        model_type = config_dict.pop("model_type", None)
-        if model_type is None:
-            raise ConfigError(f"{name} has no 'model_type'; it is not a transformers config.json")
-        config = AutoConfig.for_model(model_type, **{**config_dict, **kwargs})
-    elif path.is_dir():
-        config = AutoConfig.from_pretrained(name, **kwargs)
-    else:
-        model_type = {"gpt2": "gpt2", "gpt2-medium": "gpt2", "gpt2-large": "gpt2", "gpt2-xl": "gpt2",
-                      "bert-base-uncased": "bert", "llama": "llama", "bert": "bert", "mistral": "mistral",
-                      "qwen2": "qwen2", "opt": "opt"}.get(name)
-        sizes = {"gpt2-medium": dict(n_embd=1024, n_layer=24, n_head=16),
-                 "gpt2-large": dict(n_embd=1280, n_layer=36, n_head=20),
-                 "gpt2-xl": dict(n_embd=1600, n_layer=48, n_head=25)}.get(name, {})
-        if model_type is None:
-            known = sorted(transformers.CONFIG_MAPPING.keys())
-            raise ConfigError(f"unknown transformers config {name!r} (offline: only built-in model types and local "
-                              f"config files work){_suggest(name, known)}")
-        config = AutoConfig.for_model(model_type, **{**sizes, **kwargs})
-    with ctx:
+def cli_terms(message: str) -> str:
+    """``message`` with API advice (``example_inputs=...``, ``device='cpu'``) said with the CLI's flags."""
+    for pattern, replacement in _CLI_TERMS:
+        message = pattern.sub(replacement, message)
+    return message
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"ghn-predict: warning: {cli_terms(str(message))}", file=sys.stderr)
+
+
+class _Progress:
+    """Progress lines with the time since start (stdout, flushed), so a long run is never silent."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.t0 = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            print(f"[{time.perf_counter() - self.t0:6.1f}s] {message} ...", flush=True)
+
+
+# ---- output ------------------------------------------------------------------------------------------------------
+class OutputFiles:
+    """The files of one run: checked before any work, written to a hidden directory, moved into place when complete.
+
+    ``out`` names a ``.safetensors`` file; a model bigger than the shard size becomes ``<stem>-00001-of-0000N<suffix>``
+    shards plus ``<out>.index.json``. Shards and index of an earlier run with another shard count are removed when
+    the new files are moved in, so the index never points at stale files. Used as a context manager: any exception,
+    Ctrl-C included, removes the temporary directory and leaves the destination as it was.
+
+    Raises:
+        OutputError: ``out`` is a directory, its directory is missing or not writable.
+    """
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.moved = False
+        if out.is_dir():
+            raise OutputError(f"--out {out} is a directory; pass a file name, e.g. {out / 'model.safetensors'}")
+        parent = out.parent
+        if not parent.is_dir():
+            raise OutputError(f"--out {out}: directory {parent} does not exist; create it first")
         try:
-            return AutoModelForCausalLM.from_config(config)
-        except ValueError:
-            return AutoModel.from_config(config)
+            self.tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.", suffix=".tmp"))
+        except OSError as e:
+            raise OutputError(f"--out {out}: cannot write to {parent} ({e.strerror or e}); choose a writable "
+                              "directory") from None
+
+    def __enter__(self) -> OutputFiles:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def write(self, model: nn.Module, max_shard_bytes: int, progress=lambda message: None) -> list[Path]:
+        """Write the model's parameters (canonical names: tied weights once) and move them into place."""
+        from safetensors import SafetensorError
+        from safetensors.torch import save_file
+        shards = _shards(list(model.named_parameters()), max_shard_bytes)
+        names = _shard_names(self.out, len(shards))
+        try:
+            for i, (name, shard) in enumerate(zip(names, shards)):
+                size = sum(p.numel() * p.element_size() for _, p in shard)
+                progress(f"writing {name} ({size / 1e6:,.0f} MB{f', shard {i + 1}/{len(shards)}' if len(shards) > 1 else ''})")
+                save_file({n: p.detach().contiguous().cpu() for n, p in shard}, str(self.tmp / name),
+                          metadata={"format": "pt"})
+            if len(shards) > 1:
+                index = {"metadata": {"total_size": sum(p.numel() * p.element_size() for s in shards for _, p in s)},
+                         "weight_map": {n: names[i] for i, s in enumerate(shards) for n, _ in s}}
+                names.append(self.out.name + ".index.json")
+                (self.tmp / names[-1]).write_text(json.dumps(index, indent=2))
+            mode = 0o666 & ~_umask()  # what open() gives an ordinary file (and save_pretrained's files)
+            for name in names:
+                os.chmod(self.tmp / name, mode)
+            return self._move_into_place(names)
+        except (OSError, SafetensorError) as e:
+            raise OutputError(f"could not write {self.out} ({getattr(e, 'strerror', None) or e}); nothing was "
+                              "written") from None
+
+    def _move_into_place(self, names: list[str]) -> list[Path]:
+        dest = self.out.parent
+        index = self.out.name + ".index.json"
+        stem, suffix = self.out.stem, self.out.suffix
+        shard = re.compile(rf"{re.escape(stem)}-\d{{5}}-of-\d{{5}}{re.escape(suffix)}")
+        stale = [p for p in dest.iterdir() if p.name not in names and (p.name in (self.out.name, index) or
+                                                                        shard.fullmatch(p.name))]
+        self.moved = True
+        # the old index goes first: at no moment does an index name shards that are gone or from another run
+        for p in sorted(stale, key=lambda p: p.name != index):
+            p.unlink()
+        for name in sorted(names, key=lambda n: n == index):  # the new index last, once its shards are there
+            os.replace(self.tmp / name, dest / name)
+        return [dest / name for name in names]
 
 
-def _suggest(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=5, cutoff=0.6)
-    return f"; did you mean {', '.join(close)}?" if close else ""
+def save_sharded(model: nn.Module, out: Path, max_shard_bytes: int) -> list[Path]:
+    """Write the model's parameters to ``out`` (shards + index if bigger than ``max_shard_bytes``); see
+    :class:`OutputFiles`. Returns the paths written.
+
+    Raises:
+        OutputError: the destination cannot be written (nothing is left behind).
+    """
+    with OutputFiles(Path(out)) as files:
+        return files.write(model, max_shard_bytes)
 
 
+def _shards(named: list[tuple[str, torch.Tensor]], max_bytes: int) -> list[list[tuple[str, torch.Tensor]]]:
+    """Consecutive groups of at most ``max_bytes`` (a single bigger tensor gets a shard of its own)."""
+    shards: list[list[tuple[str, torch.Tensor]]] = [[]]
+    size = 0
+    for name, p in named:
+        nbytes = p.numel() * p.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, p))
+        size += nbytes
+    return shards
+
+
+def _shard_names(out: Path, n: int) -> list[str]:
+    if n == 1:
+        return [out.name]
+    return [f"{out.stem}-{i + 1:05d}-of-{n:05d}{out.suffix}" for i in range(n)]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ---- argparse types ----------------------------------------------------------------------------------------------
 def _size(text: str) -> int:
     """argparse type: ``5GB``, ``100MB``, ``2048`` → bytes."""
     units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
@@ -173,10 +350,15 @@ def _size(text: str) -> int:
     try:
         for unit, factor in units.items():
             if t.endswith(unit):
-                return int(float(t[:-len(unit)]) * factor)
-        return int(t)
+                value = int(float(t[:-len(unit)]) * factor)
+                break
+        else:
+            value = int(t)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size; use e.g. 500MB or 5GB") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the shard size must be positive, e.g. 500MB")
+    return value
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -190,39 +372,14 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
-def save_sharded(model: nn.Module, out: Path, max_shard_bytes: int) -> list[Path]:
-    """Write the model's parameters (canonical names) to one or more safetensors files, each written atomically.
-
-    Shards are named ``<stem>-00001-of-00003.safetensors`` with an index ``<stem>.safetensors.index.json``.
-    Each shard holds at most ``max_shard_bytes`` (except a single larger tensor), so peak extra memory is one shard.
-    """
-    from safetensors.torch import save_file
-    out.parent.mkdir(parents=True, exist_ok=True)
-    named = list(model.named_parameters())
-    shards: list[list[tuple[str, torch.Tensor]]] = [[]]
-    size = 0
-    for name, p in named:
-        nbytes = p.numel() * p.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append((name, p))
-        size += nbytes
-    if len(shards) == 1:
-        paths = [out]
-    else:
-        paths = [out.with_name(f"{out.stem}-{i + 1:05d}-of-{len(shards):05d}{out.suffix}") for i in range(len(shards))]
-    for path, shard in zip(paths, shards):
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({n: p.detach().contiguous().cpu() for n, p in shard}, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, path)
-    if len(paths) > 1:
-        index = {"metadata": {"total_size": sum(p.numel() * p.element_size() for _, p in named)},
-                 "weight_map": {n: paths[i].name for i, shard in enumerate(shards) for n, _ in shard}}
-        index_path = out.with_name(out.name + ".index.json")
-        index_path.write_text(json.dumps(index, indent=2))
-        paths.append(index_path)
-    return paths
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer, e.g. 16")
+    return value
 
 
 if __name__ == "__main__":

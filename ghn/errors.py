@@ -16,6 +16,7 @@ __all__ = [
     "DeviceError",
     "DomainWarning",
     "NotAModuleError",
+    "OutputError",
 ]
 
 
@@ -62,3 +63,8 @@ class DomainWarning(UserWarning):
 
 class NotAModuleError(GHNError, TypeError):
     """``build_graph`` / ``predict`` got something that is not an ``nn.Module`` (e.g. a class, a state dict)."""
+
+
+class OutputError(GHNError, OSError):
+    """An output could not be written: a missing or read-only directory, a directory where a file name is expected,
+    a full disk. Nothing partial is left behind."""
