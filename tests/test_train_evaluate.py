@@ -57,7 +57,7 @@ def test_evaluate_cli_compares_ghn_and_default_init(tmp_path, ghn_dir, capsys):
     for row in result["rows"]:
         assert row["name"].startswith(f"heldout_{row['family']}_") and 0 < row["params"] <= 20000  # tiny_cpu's limit
         assert 0 <= row["ghn"] <= 100 and 0 <= row["default"] <= 100
-    assert result["summary"]["all"]["archs"] == 2 and '"all"' in capsys.readouterr().out
+    assert result["summary"]["all"]["archs"] == 2 and "all (2 archs): ghn" in capsys.readouterr().out
 
 
 def test_evaluate_cli_reports_a_missing_ghn_or_bad_config(tmp_path, capsys):

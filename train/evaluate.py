@@ -39,7 +39,7 @@ from .datasets import DATASET_TASKS, ImageSource, open_source, parse_dataset
 from .tasks import zoo_constraints
 
 __all__ = ["ImageEvalData", "bn_batches", "accuracy", "zero_shot_accuracy", "lm_loss", "evaluate_archs",
-           "eval_specs", "summarize", "main"]
+           "eval_specs", "summarize", "format_summary", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +48,17 @@ EXAMPLES = """Examples:
     python -m train.evaluate --ghn checkpoints/ghn-fmnist --config train/configs/fmnist.yaml --archs 30 \\
         --out eval.json
     # other families or sizes
-    python -m train.evaluate --ghn runs/fmnist/ckpt-0002500 --families cnn --max-params 200000 --archs 8
-    # a GHN trained on your own data, on the same data's test (or held-out) split
-    python -m train.evaluate --ghn runs/flowers/ckpt-0001000 --dataset imagefolder:~/flowers --image-size 32
+    python -m train.evaluate --ghn checkpoints/ghn-fmnist --families cnn --max-params 200000 --archs 8
+    # a GHN you trained (python -m train --config train/configs/tiny_cpu.yaml --out runs/tiny): a run directory
+    # means its latest checkpoint; --dataset evaluates on your own data's test (or held-out) split
+    python -m train.evaluate --ghn runs/tiny --config train/configs/tiny_cpu.yaml --archs 4
+    python -m train.evaluate --ghn runs/tiny --dataset imagefolder:DIR --image-size 32
 """
 
 BN_BATCHES, BN_BATCH_SIZE = 20, 128  # BatchNorm recalibration protocol
+#: what the ``ghn`` / ``default`` columns hold, per task
+METRICS = {"image": "zero-shot test accuracy (%, higher is better)",
+           "lm": "zero-shot validation loss (nats/token, lower is better)"}
 
 
 @dataclass
@@ -195,8 +200,8 @@ def evaluate_archs(ghn: GHN, specs: dict, *, image_data: ImageEvalData | None = 
                         raise GHNError("evaluate_archs: LM archs need lm_val (the validation token ids)")
                     row[init] = lm_loss(model, lm_val, spec.hparams["seq_len"], seed=seed)
         rows.append(row)
-        logger.info("%s (%s, %d params): ghn %.2f, default %.2f", name, spec.family, row["params"], row["ghn"],
-                    row["default"])
+        logger.info("%s (%s, %d params): %s ghn %.2f, default init %.2f", name, spec.family, row["params"],
+                    "accuracy (%)" if spec.task == "image" else "loss (nats/token)", row["ghn"], row["default"])
     return rows
 
 
@@ -214,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n")[0],
                                 allow_abbrev=False, epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ghn", default="checkpoints/ghn-fmnist", help="GHN directory or Hub repo id")
+    p.add_argument("--ghn", default="checkpoints/ghn-fmnist",
+                   help="GHN directory, training run directory (its latest checkpoint), shipped predictor name "
+                        "(ghn-fmnist) or Hub repo id")
     p.add_argument("--config", metavar="FILE.yaml", default=None,
                    help="a training config: its task, families, max_params and zoo_constraints pick the archs")
     p.add_argument("--archs", type=int, default=24, help="number of held-out archs, split evenly over the families")
@@ -233,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         cfg = _zoo_config(args)
-        ghn = GHN.from_pretrained(args.ghn)
+        ghn = GHN.from_pretrained(_ghn_dir(args.ghn))
         source = open_source(cfg)
         constraints = zoo_constraints(cfg, source)
         specs = eval_specs(args.archs, tuple(cfg.families), constraints, seed=args.seed)
@@ -251,11 +258,27 @@ def main(argv: list[str] | None = None) -> int:
     result = {"command": command, "ghn": str(args.ghn), "task": cfg.task, "dataset": source.name, "archs": len(rows),
               "families": cfg.families, "constraints": constraints,
               "test_images": min(args.images, len(source.test)) if cfg.task == "image" else None,
-              "seed": args.seed, "seconds": round(time.time() - t0, 1), "summary": summary, "rows": rows}
-    print(json.dumps(summary, indent=1))
+              "seed": args.seed, "seconds": round(time.time() - t0, 1), "metric": METRICS[cfg.task],
+              "summary": summary, "rows": rows}
+    print(format_summary(summary, cfg.task))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1, default=str))
     return 0
+
+
+def format_summary(summary: dict[str, Any], task: str) -> str:
+    """The summary as labelled lines: which metric, which way is better, per group of archs."""
+    lines = [f"{METRICS[task]} of ghn-predicted vs default init, mean over held-out archs:"]
+    for group, m in summary.items():
+        lines.append(f"  {group} ({m['archs']} archs): ghn {m['ghn']:.2f}, default init {m['default']:.2f}")
+    return "\n".join(lines)
+
+
+def _ghn_dir(name: str) -> str:
+    """A training run directory (with ``latest.json``) means its newest checkpoint; other names are for
+    ``GHN.from_pretrained`` (a GHN directory, a shipped predictor, a Hub repo id)."""
+    from .checkpoint import LATEST, find_checkpoint
+    return str(find_checkpoint(name)) if (Path(name) / LATEST).is_file() else name
 
 
 def _zoo_config(args: argparse.Namespace) -> TrainConfig:
