@@ -14,7 +14,7 @@ from PIL import Image
 from ghn import GHN
 from ghn.errors import ConfigError, DomainWarning
 from train.api import meta_train
-from train.cli import main as train_main
+from train.cli import main as train_main, resolve_config
 from train.config import TrainConfig, load_yaml
 from train.datasets import ImageSource, TextSource, open_dataset, parse_dataset
 from train.evaluate import main as evaluate_main
@@ -168,6 +168,15 @@ def test_dataset_specs_are_checked_in_the_config():
         TrainConfig(dataset="torchvision:CIFAR10")
     with pytest.raises(ConfigError, match="--tokenizer is for language models"):
         TrainConfig(tokenizer="/tok")
+
+
+def test_the_task_follows_the_dataset_and_lm_runs_sample_lm_families(corpus):
+    cfg, _ = resolve_config(["--dataset", f"text:{corpus}"])
+    assert cfg.task == "lm" and cfg.families == ["gpt", "llama"]
+    cfg, _ = resolve_config(["--task", "lm"])
+    assert cfg.dataset is None and cfg.families == ["gpt", "llama"]
+    with pytest.raises(ConfigError, match="do not fit task 'lm'"):  # the YAML's image families are kept, not replaced
+        resolve_config(["--config", str(TINY), "--task", "lm"])
 
 
 # ---- training on it --------------------------------------------------------------------------------------------------

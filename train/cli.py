@@ -45,10 +45,12 @@ from ghn.errors import ConfigError, GHNError
 
 from .checkpoint import CONFIG_YAML, find_checkpoint
 from .config import TrainConfig, load_yaml, unknown_key_message
+from .datasets import DATASET_TASKS, parse_dataset
 
 __all__ = ["main", "build_parser", "resolve_config"]
 
 GROUPS = ("Run", "Data", "Zoo", "GHN", "Optim", "Eval")
+LM_FAMILIES = ("gpt", "llama")  # what --task lm samples when no families are named
 
 
 def _yaml_value(text: str) -> Any:
@@ -120,10 +122,26 @@ def resolve_config(argv: list[str] | None = None) -> tuple[TrainConfig, argparse
         # The checkpoint's run continues where it is, unless --out (or the YAML) says otherwise.
         cfg = TrainConfig.from_dict({**saved, "resume": str(resume), "out": str(ckpt.parent)},
                                     source=str(ckpt / CONFIG_YAML))
+    yaml_d = load_yaml(args.config) if args.config else {}
+    task, extra = _task_defaults(yaml_d, given) if not resume else (None, {})
     if args.config:
-        cfg = TrainConfig.from_dict(load_yaml(args.config), base=cfg, source=args.config)
-    cfg = TrainConfig.from_dict(given, base=cfg, source="the command line")
+        mine = yaml_d if yaml_d.get("task", task) != task else {**extra, **yaml_d}
+        cfg = TrainConfig.from_dict(mine, base=cfg, source=args.config)
+    cfg = TrainConfig.from_dict({**extra, **given}, base=cfg, source="the command line")
     return cfg, args
+
+
+def _task_defaults(yaml_d: dict, given: dict) -> tuple[str | None, dict]:
+    """``(task, keys to default)``: the task follows the dataset when neither the YAML nor the flags name one, and a
+    language-model run samples the LM families when neither names families; so ``--dataset text:FILE`` alone (or
+    ``--task lm``) trains language models."""
+    layers = {**yaml_d, **given}
+    task = layers.get("task")
+    if task is None and isinstance(layers.get("dataset"), str):
+        task = DATASET_TASKS.get(parse_dataset(layers["dataset"])[0])
+    if task != "lm" or "families" in layers:
+        return task, ({"task": task} if task and "task" not in layers else {})
+    return task, {"task": "lm", "families": list(LM_FAMILIES)}
 
 
 def main(argv: list[str] | None = None) -> int:
