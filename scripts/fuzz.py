@@ -5,8 +5,11 @@ with odd widths, 1-D/2-D/3-D convs, ConvTranspose, GroupNorm, Embedding + Multih
 tied weights, unused and integer parameters, skipped modules, half/bf16/double models). Each case must either
 succeed, with every predicted tensor finite and of its parameter's shape and coverage 1.0 or every gap listed
 with a reason, or raise the typed error the case expects. Anything else (an untyped exception, NaN/Inf, a
-wrong shape, an unexplained gap) is a failure. Cases are a pure function of ``(index, seed)``: a failure is
-reproduced with ``python scripts/fuzz.py --only <index> --seed <seed>``.
+wrong shape, an unexplained gap) is a failure. Zoo models of every family are also built on the ``meta`` device
+(plain ``torch.device("meta")`` or ``ghn.init_empty_weights()``) and predicted in place: the materialised model must
+equal a CPU build of the same spec holding the same parameters (every buffer, and the outputs, bit for bit). Cases
+are a pure function of ``(index, seed)``: a failure is reproduced with
+``python scripts/fuzz.py --only <index> --seed <seed>``.
 
     python scripts/fuzz.py --n 1000                 # writes benchmarks/results/fuzz.md
     python scripts/fuzz.py --n 50 --out /dev/null   # a quick run
@@ -38,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ghn import GHN, GHNConfig, build_graph, register_op  # noqa: E402
+from ghn import GHN, GHNConfig, build_graph, init_empty_weights, register_op  # noqa: E402
 from ghn.errors import GHNError, UnsupportedModuleError  # noqa: E402
 
 __all__ = ["Case", "KINDS", "make_case", "run_case", "run", "main"]
@@ -47,7 +50,8 @@ ZOO_FAMILIES = ("cnn", "vit", "mlp", "gpt", "llama", "timm")
 USER_KINDS = ("mlp", "resmlp", "cnn1d", "cnn2d", "cnn3d", "convt", "rawparam", "tied", "unused", "embed_attn",
               "skipped", "intparam", "complex", "nested", "shapes")
 KINDS = tuple(f"zoo:{f}" for f in ZOO_FAMILIES) + tuple(f"user:{k}" for k in USER_KINDS)
-FAILURES = ("untyped", "unexpected_typed", "missing_error", "non_finite", "bad_shape", "bad_coverage", "bad_write")
+FAILURES = ("untyped", "unexpected_typed", "missing_error", "non_finite", "bad_shape", "bad_coverage", "bad_write",
+            "meta_differs")
 
 
 @dataclass
@@ -61,6 +65,7 @@ class Case:
     expect: type[GHNError] | None = None
     note: str = ""
     meta: bool = False
+    build: str = "cpu"  # how a meta model was built: "meta" (torch.device) or "init_empty_weights"
     dtype: torch.dtype = torch.float32
     extra: dict = field(default_factory=dict)
 
@@ -413,9 +418,15 @@ def make_case(index: int, seed: int = 0, kinds: tuple[str, ...] = KINDS) -> Case
             family = kind[4:]
             spec = mz.sample_arch(family, seed=r.randrange(10 ** 6), **_ZOO_CONSTRAINTS[family])
             meta = r.random() < 0.5
-            model = spec.build(device="meta" if meta else "cpu")
-            return Case(index, kind, model, spec.example_inputs(), meta=meta,
-                        note=spec.hparams.get("name", "") or f"{family} seed {spec.seed}")
+            build = ("meta" if r.random() < 0.5 else "init_empty_weights") if meta else "cpu"
+            if build == "init_empty_weights":
+                with init_empty_weights():
+                    model = spec.build(device="cpu")
+            else:
+                model = spec.build(device=build)
+            return Case(index, kind, model, spec.example_inputs(), meta=meta, build=build,
+                        note=spec.hparams.get("name", "") or f"{family} seed {spec.seed}",
+                        extra={"twin": lambda: spec.build(device="cpu")})
         model, inputs = _USER[kind[5:]](r)
     dtype = torch.float32
     expect = UnsupportedModuleError if kind == "user:complex" else None
@@ -430,7 +441,7 @@ def make_case(index: int, seed: int = 0, kinds: tuple[str, ...] = KINDS) -> Case
 def run_case(ghn: GHN, case: Case, write: bool = True) -> dict:
     """Build the graph, predict, check. Returns a row: kind, status ("ok", "expected_error" or a failure), detail."""
     row = dict(index=case.index, kind=case.kind, note=case.note, dtype=str(case.dtype).replace("torch.", ""),
-               meta=case.meta, status="ok", detail="", coverage=None, params=0, seconds=0.0)
+               meta=case.meta, build=case.build, status="ok", detail="", coverage=None, params=0, seconds=0.0)
     t0 = time.perf_counter()
     try:
         untouched = _snapshot(case.model)
@@ -443,8 +454,8 @@ def run_case(ghn: GHN, case: Case, write: bool = True) -> dict:
                                                   "or training modes)")
         else:
             row.update(_check_prediction(case, pred))
-        if row["status"] == "ok" and write and not case.meta:
-            row.update(_check_write(ghn, case, graph, pred))
+        if row["status"] == "ok" and write:
+            row.update(_check_meta_write(ghn, case, graph, pred) if case.meta else _check_write(ghn, case, graph, pred))
     except GHNError as e:
         if case.expect is not None and isinstance(e, case.expect):
             row.update(status="expected_error", detail=f"{type(e).__name__}: {e}"[:300])
@@ -519,6 +530,43 @@ def _check_write(ghn: GHN, case: Case, graph, pred) -> dict:
     return {}
 
 
+def _check_meta_write(ghn: GHN, case: Case, graph, pred) -> dict:
+    """predict() on a meta model: materialised, filled with the prediction, and the same model as a CPU build.
+
+    The CPU twin gets the materialised model's parameters (not its buffers: those are what is checked), then every
+    buffer and the outputs on the case's inputs must be equal bit for bit.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ghn.predict(case.model, graph=graph)
+    model = case.model
+    meta_left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if meta_left:
+        return dict(status="bad_write", detail=f"still on meta after predict(): {meta_left[:5]}")
+    own = dict(model.named_parameters())
+    wrong = [n for n, t in pred.items() if not torch.equal(own[n].detach(), t.to(own[n].dtype))]
+    if wrong:
+        return dict(status="bad_write", detail=f"{wrong[:5]} differ from their prediction")
+    twin = case.extra["twin"]()
+    twin.load_state_dict(dict(model.named_parameters(remove_duplicate=False)), strict=False)
+    buffers = dict(model.named_buffers())
+    differ = [n for n, b in twin.named_buffers() if not torch.equal(buffers[n], b)]
+    if differ:
+        return dict(status="meta_differs", detail=f"buffers {differ[:5]} differ from a CPU build's ({case.build})")
+    from ghn.trace import _flatten
+    outs = []
+    for m in (model, twin):
+        m.eval()
+        with torch.no_grad():
+            out = m(**case.inputs) if isinstance(case.inputs, dict) else m(case.inputs)
+        outs.append(_flatten(out))
+    same = len(outs[0]) == len(outs[1]) and all(
+        a.shape == b.shape and torch.equal(torch.nan_to_num(a), torch.nan_to_num(b)) for a, b in zip(*outs))
+    if not same:
+        return dict(status="meta_differs", detail=f"outputs differ from a CPU build's ({case.build})")
+    return {}
+
+
 def run(n: int, seed: int = 0, start: int = 0, kinds: tuple[str, ...] = KINDS, ghn: GHN | None = None,
         write: bool = True, progress: Callable[[dict], None] | None = None) -> list[dict]:
     """Run cases ``start .. start + n - 1`` of stream ``seed``; returns one row per case."""
@@ -554,7 +602,9 @@ def write_report(rows: list[dict], out: Path, seed: int, elapsed: float, command
         "A case passes when build_graph + predict_params raise no exception, every predicted tensor is finite and "
         "has its parameter's shape, coverage is 1.0 or every gap is listed with a reason, tied aliases are "
         "reported, and predict() writes the prediction in place keeping each parameter's dtype (and a float32 "
-        "model's output stays finite). `user:complex` cases must raise UnsupportedModuleError. Cases are pure "
+        "model's output stays finite). A zoo model built on the meta device must, once predicted in place, equal a CPU "
+        "build of its spec holding the same parameters (every buffer and the outputs, bit for bit). "
+        "`user:complex` cases must raise UnsupportedModuleError. Cases are pure "
         "functions of (index, seed): `python scripts/fuzz.py --only INDEX --seed SEED` replays one.", "",
         "| kind | cases | ok | expected error | failures | coverage < 1 | params (median) | s/case |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -569,7 +619,10 @@ def write_report(rows: list[dict], out: Path, seed: int, elapsed: float, command
                      f"{params[len(params) // 2]:,} | {sum(r['seconds'] for r in rs) / len(rs):.3f} |")
     dtypes = collections.Counter(r["dtype"] for r in rows if r["dtype"])
     lines += ["", f"Model dtypes: {', '.join(f'{k} {v}' for k, v in sorted(dtypes.items()))}; "
-              f"meta-device models: {sum(r['meta'] for r in rows)}.", ""]
+              f"meta-device models: {sum(r['meta'] for r in rows)} (built with torch.device('meta'): "
+              f"{sum(r.get('build') == 'meta' for r in rows)}, with ghn.init_empty_weights(): "
+              f"{sum(r.get('build') == 'init_empty_weights' for r in rows)}), each predicted in place and compared "
+              "with a CPU build holding the same parameters.", ""]
     statuses = collections.Counter(r["status"] for r in rows)
     lines += [f"Statuses: {', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))}.", ""]
     if failures:

@@ -4,6 +4,8 @@ Every zoo family and random user-style modules (odd widths, 1-D/2-D/3-D convs, C
 MultiheadAttention, raw nn.Parameter, tied weights and aliased modules, unused and integer parameters, skipped and
 complex-valued modules, half/bf16/double models): no untyped exception, no NaN/Inf, shapes always match, coverage 1.0
 or every gap listed with a reason; predict() writes in place keeping dtypes; build_graph leaves the model untouched.
+Issue 14: zoo models of every family built on the meta device (``torch.device("meta")`` or
+``ghn.init_empty_weights()``) and predicted in place equal a CPU build holding the same parameters.
 """
 from __future__ import annotations
 
@@ -89,3 +91,25 @@ def test_the_checks_catch_broken_predictions(ghn_, monkeypatch):
     import ghn.graph
     monkeypatch.setattr(ghn.graph, "trace_model", lambda *a, **k: (_ for _ in ()).throw(IndexError("boom")))
     assert fuzz.run_case(ghn_, fuzz.make_case(3, seed=7, kinds=("user:mlp",)))["status"] == "untyped"
+
+
+def test_every_family_has_meta_cases_equal_to_a_cpu_build(rows):
+    checked = {r["kind"] for r in rows if r["meta"] and r["status"] == "ok"}
+    assert checked == {f"zoo:{f}" for f in fuzz.ZOO_FAMILIES}
+    assert {r["build"] for r in rows if r["meta"]} == {"meta", "init_empty_weights"}
+
+
+def test_the_meta_check_catches_a_wrong_buffer(ghn_, monkeypatch):
+    """A materialised model whose buffer is not what a CPU build has is a failure (the comparison is not vacuous)."""
+    import ghn.hypernet as hypernet
+    real = hypernet.materialize
+
+    def off_by_one(model, device):
+        real(model, device)
+        model.get_buffer("model.rotary_emb.inv_freq").add_(1)
+
+    monkeypatch.setattr(hypernet, "materialize", off_by_one)
+    case = fuzz.make_case(67, seed=7)
+    assert case.kind == "zoo:llama" and case.build == "meta"
+    row = fuzz.run_case(ghn_, case)
+    assert row["status"] == "meta_differs" and "inv_freq" in row["detail"]
