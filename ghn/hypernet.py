@@ -108,7 +108,8 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         Args:
             model: any ``nn.Module`` (also on the ``meta`` device).
             example_inputs: see :func:`ghn.build_graph`; ignored when ``graph`` is given.
-            graph: a graph built earlier from this model.
+            graph: a graph built earlier from this model (``GraphError`` if its parameter names, shapes or ties
+                are not this model's).
 
         Returns:
             a :class:`~ghn.prediction.Prediction` (``Mapping[str, Tensor]``) with ``.coverage``. Warns with
@@ -143,7 +144,8 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
             bn: BatchNorm running statistics are reset in both modes (they belonged to the old weights);
                 ``"recalibrate"`` then recomputes them from ``bn_data`` (a cumulative average over ≤ 20 batches).
             bn_data: input batches for ``bn="recalibrate"``.
-            graph: a graph built earlier from this model.
+            graph: a graph built earlier from this model (``GraphError`` if its parameter names, shapes or ties
+                are not this model's).
             device: where to materialise a ``meta`` model.
 
         Returns:
@@ -151,7 +153,9 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
 
         Raises:
             GHNError (and subclasses): nothing is written if prediction fails (a ``meta`` model, which had no
-            values to lose, may be left materialised and partly filled).
+            values to lose, may be left materialised and partly filled). In particular ``DeviceError`` for a
+            ``meta`` model with buffers its own code cannot recompute (build it under
+            :func:`ghn.init_empty_weights`), raised before the model changes.
         """
         if classifier not in ("predict", "reinit"):
             raise ConfigError(f"classifier must be 'predict' or 'reinit', got {classifier!r}")
