@@ -196,8 +196,9 @@ def example_inputs(model: nn.Module, shape: tuple[int, ...] | None, token_ids: b
 
 # ---- messages ----------------------------------------------------------------------------------------------------
 # The library's errors speak Python (example_inputs=..., device='cpu'); on the command line the same advice is a flag.
-_CLI_TERMS: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), r) for p, r in (
+_CLI_TERMS: tuple[tuple[re.Pattern, Any], ...] = tuple((re.compile(p), r) for p, r in (
     (r"leave example_inputs=None to use it", "omit --input-shape to use it"),
+    (r"example_inputs of shape \(B, ([\d, ]+)\)", lambda m: "--input-shape " + m[1].replace(" ", "")),
     (r"[Pp]ass example_inputs=\.\.\., e\.g\. .*? for a language model",
      "pass --input-shape, e.g. 3,224,224 for an image model, or --seq-len 16 for a language model"),
     (r"[Pp]ass example_inputs=\.\.\. that the model's forward\(\) accepts",

@@ -152,10 +152,13 @@ def test_cli_terms_rewrites_every_api_hint():
             "torch.randn(2, 3, 224, 224) for an image model or {'input_ids': torch.zeros(2, 8)} for a language model",
             "... (so e.g. Tensor(2, 3, 8, 8):float32; leave example_inputs=None to use it). Pass example_inputs=... "
             "that the model's forward() accepts.",
-            "could not allocate M on cuda (x); pass device='cpu' or a device this machine has"]
+            "could not allocate M on cuda (x); pass device='cpu' or a device this machine has",
+            "M takes inputs of shape (3, 224, 224), but this GHN was trained on (1, 28, 28): pass example_inputs of "
+            "shape (B, 1, 28, 28) if the model takes them"]
     for m in msgs:
         text = cli_terms(m)
         assert "example_inputs" not in text and "device='" not in text and "--" in text
+    assert cli_terms(msgs[-1]).endswith("pass --input-shape 1,28,28 if the model takes them")
 
 
 @pytest.mark.parametrize("flags", [["--seq-len", "8"], ["--input-shape", "8"]])
