@@ -30,6 +30,12 @@ class GHNConfig:
     rank: int = 32  # rank r of the factors A (rows × r) and B (r × cols)
     decoder_hidden: int = 128  # width of the decoder's shared MLP trunk
     code_seed: int = 0  # seed of the fixed random frequencies of Φ (stored in the checkpoint as buffers)
+    # Learned codes added to Φ on the data-facing axes, table sizes (input features/tokens, input channels of
+    # convs, classes/vocabulary): these axes mean the same in every model of a task, so the GHN may learn what
+    # index i there is (a linear classifier's pixels, an LM's bytes). Indices beyond a table use Φ alone.
+    data_codes: list[int] = field(default_factory=lambda: [0, 0, 0])
+    hidden_codes: int = 0  # a learned code table for the first hidden channel indices (0: Φ alone)
+    code_gain: float = 1.0  # learned codes are stored divided by this: their learning-rate multiplier
     # Metadata about what the GHN was trained for (written to config.json; used by predict() defaults).
     num_classes: int | None = None  # classifier width seen in training (None: unknown / untrained)
     input_shape: list[int] | None = None  # one input: [C, H, W] for images ([1, 28, 28]: Fashion-MNIST), [T] for LMs
@@ -51,6 +57,13 @@ class GHNConfig:
                               f"({self.num_heads})")
         if self.task not in (None, "image", "lm"):
             raise ConfigError(f"GHNConfig.task must be 'image', 'lm' or None, got {self.task!r}")
+        if (not isinstance(self.data_codes, (list, tuple)) or len(self.data_codes) != 3
+                or not all(isinstance(n, int) and n >= 0 for n in self.data_codes)):
+            raise ConfigError(f"GHNConfig.data_codes must be three non-negative integers (input features, input "
+                              f"channels, outputs), got {self.data_codes!r}")
+        self.data_codes = list(self.data_codes)
+        if not isinstance(self.hidden_codes, int) or self.hidden_codes < 0:
+            raise ConfigError(f"GHNConfig.hidden_codes must be a non-negative integer, got {self.hidden_codes!r}")
         if self.rank > self.basis:
             raise ConfigError(f"GHNConfig.rank ({self.rank}) cannot exceed basis ({self.basis}): the factors "
                               "would have more rank than the index codes can carry")

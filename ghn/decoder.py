@@ -28,7 +28,7 @@ import torch.nn as nn
 from .binding import ROLE_ID, ROLES, ParamInfo
 from .graph import canonical_shape
 
-__all__ = ["IndexCode", "LowRankDecoder", "ParamQuery"]
+__all__ = ["IndexCode", "LowRankDecoder", "ParamQuery", "graph_queries"]
 
 # role → (offset, initial gain). Offsets put untrained outputs where default initialisations are
 # (norm scales at 1, biases at 0); gains are learned on top (log-parametrised).
@@ -77,10 +77,17 @@ def _position_code(pos: torch.Tensor, size: torch.Tensor, d: int) -> torch.Tenso
 
 @dataclass(frozen=True)
 class ParamQuery:
-    """One tensor to decode: which node's embedding, and the tensor's role and shape."""
+    """One tensor to decode: which node's embedding, the tensor's role and shape, and which axes face the data.
+
+    ``reads_input``: the node consumes the model's input directly (its columns — or an embedding's rows — index
+    input features, channels or tokens); ``writes_output``: the node produces the model's output (its rows index
+    classes or vocabulary). These axes mean the same thing in every model of a task, so they get learned codes.
+    """
 
     node: int  # row of the embedding matrix
     info: ParamInfo
+    reads_input: bool = False
+    writes_output: bool = False
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -97,17 +104,38 @@ class ParamQuery:
         return (k[0] if k else 1), math.prod(k[1:]) if len(k) > 1 else 1
 
 
+def graph_queries(graph) -> list[ParamQuery]:
+    """One :class:`ParamQuery` per bound parameter of ``graph`` (a :class:`ghn.Graph`), in node order, with its
+    data-facing flags read off the edges from the ``input`` node (index 0) and into the ``output`` node (last)."""
+    last = len(graph.nodes) - 1
+    reads = {dst for src, dst in graph.edges if src == 0}
+    writes = {src for src, dst in graph.edges if dst == last}
+    return [ParamQuery(i, info, i in reads, i in writes) for i, info in graph.params]
+
+
 class LowRankDecoder(nn.Module):
     """Node embeddings → tensors. See the module docstring for the maths.
 
     Args:
         d: node embedding size; hidden: trunk width; p: index-code size; r: rank of the factors.
+        data_codes: ``(inputs, channels, outputs)`` sizes of the learned code tables added to ``Φ`` on the
+            data-facing axes (input features/tokens, input channels of convs, classes/vocabulary); indices
+            beyond a table use ``Φ`` alone. ``(0, 0, 0)`` disables them.
+        hidden_codes: size of a learned code table added to ``Φ`` for hidden indices (0: none).
+        code_gain: the learned tables are multiplied by it (their learning-rate multiplier).
     """
 
-    def __init__(self, d: int, hidden: int, p: int, r: int, code_seed: int):
+    def __init__(self, d: int, hidden: int, p: int, r: int, code_seed: int,
+                 data_codes: tuple[int, int, int] = (0, 0, 0), hidden_codes: int = 0, code_gain: float = 1.0):
         super().__init__()
         self.p, self.r = p, r
         self.code = IndexCode(p, code_seed)
+        # Learned codes start at zero, so an untrained decoder predicts exactly what fixed codes give.
+        sizes = dict(zip(("input", "channel", "output"), data_codes), hidden=hidden_codes)
+        # Codes are O(1) while Adam moves a parameter by ~lr a step: the gain is the tables' learning-rate
+        # multiplier, so that a code moves as fast, relative to its size, as a directly trained weight does.
+        self.code_gain = code_gain
+        self.tables = nn.ParameterDict({k: nn.Parameter(torch.zeros(n, p)) for k, n in sizes.items() if n > 0})
         self.role = nn.Embedding(len(ROLES), d)
         self.slot = nn.Embedding(3, d)  # what a query asks for: a row factor U_a, a column factor V_b, a vector
         self.trunk = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, hidden),
@@ -159,27 +187,55 @@ class LowRankDecoder(nn.Module):
         # Bounded log-gains: an unbounded exp() lets training collapse a tensor to exactly zero, where the
         # gradient of everything upstream vanishes for good (seen as a loss stuck at ln(classes)).
         gain = self.gain0 * torch.exp(3.0 * torch.tanh(self.log_gain / 3.0))
-        # One code table for the widest dimension; Φ(i) does not depend on the width it is sliced for.
+        # One code table per kind for the widest dimension; Φ(i) does not depend on the width it is sliced for.
         widest = max(max(q.shape[:2]) if q.shape else 1 for q in queries)
-        codes = self.code(widest)
+        fixed = self.code(widest)
+        codes: dict[str, torch.Tensor] = {}
         iu = iv = 0
         for qi, q in enumerate(queries):
             role = ROLE_ID[q.info.role]
             vec = vec_all[qi]
+            rows, cols = self._axis_kinds(q)
+            for kind in (rows, cols):
+                if kind not in codes:
+                    codes[kind] = self._codes(kind, fixed)
             if q.is_matrix:
                 ka, kb = q.kernel
                 u, v = u_all[iu:iu + ka], v_all[iv:iv + kb]
                 iu, iv = iu + ka, iv + kb
-                w = self._matrix(q, u, v, codes, gain[role] * torch.exp(torch.tanh(vec[-1])))
+                w = self._matrix(q, u, v, codes[rows], codes[cols], gain[role] * torch.exp(torch.tanh(vec[-1])))
             else:
-                w = self._vector(q, vec, codes, gain[role], self.offset[role])
+                w = self._vector(q, vec, codes[rows], gain[role], self.offset[role])
             yield q.info, self._to_param_layout(q, w)
 
-    def _matrix(self, q: ParamQuery, u: torch.Tensor, v: torch.Tensor, codes: torch.Tensor,
-                scale: torch.Tensor) -> torch.Tensor:
+    def _codes(self, kind: str, fixed: torch.Tensor) -> torch.Tensor:
+        """``(n, p)`` codes of ``kind``: ``Φ`` plus the learned table of that kind on its first indices."""
+        if kind not in self.tables:
+            return fixed
+        table = self.tables[kind]
+        k = min(len(table), len(fixed))
+        return torch.cat([fixed[:k] + self.code_gain * table[:k], fixed[k:]])
+
+    @staticmethod
+    def _axis_kinds(q: ParamQuery) -> tuple[str, str]:
+        """Which code kind indexes the rows and the columns of ``q``'s canonical ``(rows, cols, *k)`` shape."""
+        rows = cols = "hidden"
+        if q.info.role == "embedding":
+            rows = "input" if q.reads_input else ("output" if q.writes_output else "hidden")  # token ids
+        elif q.info.role in _FAN_IN_ROLES:
+            if q.reads_input:
+                cols = "channel" if len(q.shape) > 2 else "input"  # conv: input channels; linear: features
+            if q.writes_output:
+                rows = "output"
+        elif q.writes_output and q.info.role == "bias":
+            rows = "output"  # the classifier's / LM head's bias, one value per class
+        return rows, cols
+
+    def _matrix(self, q: ParamQuery, u: torch.Tensor, v: torch.Tensor, row_codes: torch.Tensor,
+                col_codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """(R, C, *K) tensor from factors: one GEMM ``A·B``; every scale is folded into the small factor A.
 
-        Shapes: u (ka, p, r), v (kb, r, p), codes (≥ max(R, C), p).
+        Shapes: u (ka, p, r), v (kb, r, p), row_codes (≥ R, p), col_codes (≥ C, p).
         """
         shape = q.shape
         (ka, kb), rows, cols = q.kernel, shape[0], shape[1]
@@ -196,8 +252,8 @@ class LowRankDecoder(nn.Module):
             scale = scale / math.sqrt(cols * ka * kb) * min(1.0, math.sqrt(p / cols))
         elif role == "embedding":
             scale = scale / math.sqrt(cols)
-        a = (codes[:rows] @ (u * scale).permute(1, 0, 2).reshape(p, ka * r)).view(rows * ka, r)  # A: (R·ka, r)
-        b = (v.reshape(kb * r, p) @ codes[:cols].t()).view(kb, r, cols).permute(1, 2, 0)  # (r, C, kb)
+        a = (row_codes[:rows] @ (u * scale).permute(1, 0, 2).reshape(p, ka * r)).view(rows * ka, r)  # (R·ka, r)
+        b = (v.reshape(kb * r, p) @ col_codes[:cols].t()).view(kb, r, cols).permute(1, 2, 0)  # (r, C, kb)
         w = a @ b.reshape(r, cols * kb)  # (R·ka, C·kb)
         if ka > 1 or kb > 1:
             w = w.view(rows, ka, cols, kb).permute(0, 2, 1, 3)  # a strided view: copy_ into the param reads it

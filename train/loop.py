@@ -32,7 +32,6 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from ghn import GHN, GHNConfig, Graph
-from ghn.decoder import ParamQuery
 from ghn.errors import ConfigError
 
 from .checkpoint import (CONFIG_YAML, Checkpoint, atomic_write_text, check_run_dir, clean_partial_saves, git_hash,
@@ -79,16 +78,9 @@ class Predictor(nn.Module):
         self.ghn, self.amp = ghn, amp
 
     def forward(self, graphs: list[Graph]) -> list[dict[str, torch.Tensor]]:
-        if not self.amp:
+        # GHN.forward keeps its decoder in fp32 under autocast itself.
+        with torch.autocast(self.ghn.device.type, dtype=torch.bfloat16, enabled=self.amp):
             return self.ghn(graphs)
-        dev = self.ghn.device.type
-        with torch.autocast(dev, dtype=torch.bfloat16):
-            hs = self.ghn.embed(graphs)
-        # The decoder's products set every predicted value: bf16 would round them to 8 bits of mantissa.
-        with torch.autocast(dev, enabled=False):
-            return [{info.name: w for info, w in
-                     self.ghn.decoder.decode(h.float(), [ParamQuery(i, info) for i, info in g.params])}
-                    for g, h in zip(graphs, hs)]
 
 
 @dataclass
