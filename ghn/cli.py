@@ -22,6 +22,7 @@ import shutil
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -92,8 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             output = OutputFiles(Path(args.out))  # checked (and its temporary directory made) before any work
-            with output:
-                _run(args, output, _Progress(quiet=args.quiet))
+            progress = _Progress(quiet=args.quiet)
+            try:
+                with output:
+                    _run(args, output, progress)
+            finally:
+                progress.close()
         return 0
     except GHNError as e:
         print(f"ghn-predict: error: {cli_terms(str(e))}", file=sys.stderr)
@@ -221,15 +226,44 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 class _Progress:
-    """Progress lines with the time since start (stdout, flushed), so a long run is never silent."""
+    """Progress lines with the time since start (stdout, flushed), so a long run is never silent.
 
-    def __init__(self, quiet: bool = False):
-        self.quiet = quiet
+    Each call starts a step; a step that runs longer than ``every`` seconds (predicting or writing a big model)
+    gets a ``still <step>`` line every ``every`` seconds from a background thread, until the next step or ``close``.
+    """
+
+    def __init__(self, quiet: bool = False, every: float = 15.0):
+        self.quiet, self.every = quiet, every
         self.t0 = time.perf_counter()
+        self.step = ""
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.thread: threading.Thread | None = None
 
     def __call__(self, message: str) -> None:
-        if not self.quiet:
-            print(f"[{time.perf_counter() - self.t0:6.1f}s] {message} ...", flush=True)
+        if self.quiet:
+            return
+        with self.lock:
+            self.step, self.since = message, time.perf_counter()
+            self._print(f"{message} ...")
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._heartbeat, daemon=True)
+            self.thread.start()
+
+    def close(self) -> None:
+        self.done.set()
+        if self.thread is not None:
+            self.thread.join()
+
+    def _heartbeat(self) -> None:
+        while not self.done.wait(self.every / 3):
+            with self.lock:
+                if time.perf_counter() - self.since >= self.every:
+                    self.since = time.perf_counter()
+                    self._print(f"  still {self.step}")
+
+    def _print(self, text: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:6.1f}s] {text}", flush=True)
 
 
 # ---- output ------------------------------------------------------------------------------------------------------

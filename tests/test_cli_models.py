@@ -190,3 +190,16 @@ def test_help_shows_defaults():
     text = " ".join(build_parser().format_help().split())  # the wrapping depends on the terminal width
     assert "(default: 5GB)" in text and "(default: ghn-fmnist)" in text and "(default: cpu)" in text
     assert "hf:t5" in text  # the examples survive the formatter
+
+
+def test_a_long_step_keeps_reporting(capsys):
+    import time
+
+    from ghn.cli import _Progress
+    progress = _Progress(every=0.2)
+    progress("predicting 436 tensors")
+    time.sleep(0.7)
+    progress.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("predicting 436 tensors ...") and len(lines) >= 3
+    assert all(line.endswith("still predicting 436 tensors") for line in lines[1:])
