@@ -7,7 +7,12 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["GHNConfig", "PRESETS"]
+__all__ = ["GHNConfig", "PRESETS", "DECODER_VERSION"]
+
+# 1: fixed index codes only (checkpoints up to Dec 2026); 2: learned codes on the data-facing axes.
+DECODER_VERSION = 2
+# What a version-1 config means in today's fields: loading one gives exactly the decoder that wrote it.
+_V1_DECODER = dict(data_codes=[0, 0, 0], hidden_codes=0, code_gain=1.0)
 
 
 @dataclass
@@ -33,9 +38,10 @@ class GHNConfig:
     # Learned codes added to Φ on the data-facing axes, table sizes (input features/tokens, input channels of
     # convs, classes/vocabulary): these axes mean the same in every model of a task, so the GHN may learn what
     # index i there is (a linear classifier's pixels, an LM's bytes). Indices beyond a table use Φ alone.
-    data_codes: list[int] = field(default_factory=lambda: [0, 0, 0])
+    data_codes: list[int] = field(default_factory=lambda: [4096, 64, 1024])
     hidden_codes: int = 0  # a learned code table for the first hidden channel indices (0: Φ alone)
-    code_gain: float = 1.0  # learned codes are stored divided by this: their learning-rate multiplier
+    code_gain: float = 30.0  # learned codes are multiplied by it: their learning-rate multiplier under Adam
+    decoder_version: int = DECODER_VERSION  # which decoder wrote a checkpoint (see GHNConfig.upgrade)
     # Metadata about what the GHN was trained for (written to config.json; used by predict() defaults).
     num_classes: int | None = None  # classifier width seen in training (None: unknown / untrained)
     input_shape: list[int] | None = None  # one input: [C, H, W] for images ([1, 28, 28]: Fashion-MNIST), [T] for LMs
@@ -83,6 +89,23 @@ class GHNConfig:
         if unknown:
             raise ConfigError(f"unknown GHNConfig field(s) {unknown}; known fields: {', '.join(sorted(known))}")
         return cls(**d)
+
+    @classmethod
+    def upgrade(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """A config dict as saved by any ghn version → today's fields, meaning the same decoder.
+
+        Raises:
+            ConfigError: the config comes from a newer, unknown decoder version (upgrade ghn to load it).
+        """
+        if not isinstance(d, dict):
+            raise ConfigError(f"a GHN config is a JSON object, got {type(d).__name__}")
+        version = d.get("decoder_version", 1)  # version-1 configs predate the field
+        if not isinstance(version, int) or not 1 <= version <= DECODER_VERSION:
+            raise ConfigError(f"decoder_version {version!r} is not one this ghn knows (1..{DECODER_VERSION}); the "
+                              "checkpoint was written by a newer ghn: upgrade the package to load it")
+        if version == 1:
+            return {**d, **_V1_DECODER, "decoder_version": 1}
+        return dict(d)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -183,9 +183,15 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
                 # Nothing to lose on a meta model: stream tensor by tensor to bound memory.
                 materialize(model, device or "cpu")  # DeviceError (model unchanged) if a buffer cannot be restored
                 own = dict(model.named_parameters())  # once, not per tensor
-                for info, w in self._decode(graph, model):
+                # fp32 parameters next to the decoder are decoded straight into their storage: no full-size
+                # temporary per tensor, so the allocator has nothing to keep and the peak is the model itself
+                dev = next(self.decoder.parameters()).device
+                into = {n: p.detach() for n, p in own.items()
+                        if p.dtype == torch.float32 and p.device == dev and p.is_contiguous()}
+                for info, w in self._decode(graph, model, into):
                     check_prediction(model, {info.name: w}, own)
-                    write_params(model, [(info.name, w)], own)
+                    if w.data_ptr() != own[info.name].data_ptr():  # not decoded in place (vectors, kernels, fp16)
+                        write_params(model, [(info.name, w)], own)
                     del w
             else:
                 params = dict((info.name, w) for info, w in self._decode(graph, model))
@@ -221,11 +227,13 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         warn_domain(self.config, model, graph, example_inputs, check_classes=check_classes, stacklevel=4)
         return graph
 
-    def _decode(self, graph: Graph, model: nn.Module):
-        """``(ParamInfo, tensor)`` for every bound parameter, with embedding padding rows zero (as PyTorch has them)."""
+    def _decode(self, graph: Graph, model: nn.Module, into: dict[str, torch.Tensor] | None = None):
+        """``(ParamInfo, tensor)`` for every bound parameter, with embedding padding rows zero (as PyTorch has them);
+        ``into``: destinations the decoder may write into (see ``LowRankDecoder.decode``)."""
         h = self.embed([graph])[0]
         pads = padding_rows(model, graph)
-        for info, w in self.decoder.decode(h, graph_queries(graph)):
+        queries = graph_queries(graph)
+        for info, w in (self.decoder.decode(h, queries, out=into) if into else self.decoder.decode(h, queries)):
             if info.name in pads:
                 w = w.index_fill(0, torch.tensor(pads[info.name], device=w.device), 0.0)
             yield info, w
@@ -279,7 +287,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
             raw = json.loads(Path(config_path).read_text())
             # Checkpoints saved before checksums were recorded have none, and still load.
             checksum = raw.pop(CHECKSUM_KEY, None) if isinstance(raw, dict) else None
-            config = GHNConfig.from_dict(raw)
+            config = GHNConfig.from_dict(GHNConfig.upgrade(raw))
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
             raise CheckpointError(f"{config_path} is not a valid GHN config ({e}); re-download or re-save it") from e
         except ConfigError as e:

@@ -1,0 +1,83 @@
+"""Decoder v2: learned codes on the data-facing axes, version handling of checkpoints, the ceiling benchmark."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from ghn import GHN, GHNConfig, build_graph
+from ghn.decoder import graph_queries
+from ghn.errors import CheckpointError
+
+
+def test_data_facing_axes_are_found_from_the_graph():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    q = {x.info.name: x for x in graph_queries(build_graph(model, torch.randn(2, 3, 2, 2)))}
+    assert q["1.weight"].reads_input and not q["1.weight"].writes_output
+    assert not q["3.weight"].reads_input and not q["3.weight"].writes_output
+    assert q["5.weight"].writes_output and q["5.bias"].writes_output and not q["5.weight"].reads_input
+
+
+def test_learned_input_codes_change_only_the_layer_that_reads_the_input():
+    torch.manual_seed(0)
+    ghn = GHN(GHNConfig.preset("tiny", data_codes=[16, 4, 8])).eval()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+    graph = build_graph(model, torch.randn(2, 12))
+    before = ghn(graph)[0]
+    with torch.no_grad():
+        ghn.decoder.tables["input"].normal_()
+    after = ghn(graph)[0]
+    assert not torch.allclose(before["1.weight"], after["1.weight"])
+    for name in ("1.bias", "3.weight", "3.bias"):
+        assert torch.equal(before[name], after[name]), name
+
+
+def test_tables_start_at_zero_so_an_untrained_v2_decoder_predicts_like_v1():
+    torch.manual_seed(0)
+    v2 = GHN(GHNConfig.preset("tiny")).eval()
+    torch.manual_seed(0)
+    v1 = GHN(GHNConfig.preset("tiny", data_codes=[0, 0, 0])).eval()
+    v1.load_state_dict({k: v for k, v in v2.state_dict().items() if "tables" not in k})
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+    g = build_graph(model, torch.randn(2, 12))
+    a, b = v1(g)[0], v2(g)[0]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _save_as_v1(tmp_path):
+    torch.manual_seed(0)
+    ghn = GHN(GHNConfig.preset("tiny", data_codes=[0, 0, 0], code_gain=1.0))
+    ghn.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    for k in ("decoder_version", "data_codes", "code_gain", "hidden_codes"):
+        cfg.pop(k)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return ghn
+
+
+def test_a_version_1_checkpoint_loads_as_the_decoder_that_wrote_it(tmp_path):
+    saved = _save_as_v1(tmp_path)
+    ghn = GHN.from_pretrained(tmp_path)
+    assert ghn.config.decoder_version == 1 and ghn.config.data_codes == [0, 0, 0] and len(ghn.decoder.tables) == 0
+    model = nn.Sequential(nn.Linear(4, 3))
+    g = build_graph(model, torch.randn(2, 4))
+    assert torch.equal(ghn(g)[0]["0.weight"], saved.eval()(g)[0]["0.weight"])
+
+
+def test_a_checkpoint_from_a_newer_decoder_is_refused_clearly(tmp_path):
+    GHN(GHNConfig.preset("tiny")).save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["decoder_version"] = 99
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="newer ghn"):
+        GHN.from_pretrained(tmp_path)
+
+
+def test_ceiling_quick_linear_reaches_direct_training(tmp_path):
+    """The decoder's unit test: a GHN meta-trained on a linear classifier nearly matches training it directly
+    (the full benchmark asks ≥ 0.95; this quick, 300-step run keeps a margin for noise)."""
+    from benchmarks.ceiling import main
+    assert main(["--quick", "--out", str(tmp_path)]) == 0
+    row = json.loads((tmp_path / "ceiling_quick.json").read_text())["rows"][0]
+    assert row["family"] == "linear" and row["direct"] > 75
+    assert row["ratio"] >= 0.9, row
