@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import torch
 import torch.nn as nn
@@ -40,6 +40,7 @@ ROLE_INIT: dict[str, tuple[float, float]] = {
 }
 _FAN_IN_ROLES = frozenset({"weight", "weight_t"})
 _SLOT_ROW, _SLOT_COL, _SLOT_VEC = 0, 1, 2
+_CODE_BLOCK = 4096  # rows of the index code computed at a time
 
 
 class IndexCode(nn.Module):
@@ -59,9 +60,13 @@ class IndexCode(nn.Module):
         self.register_buffer("phase", torch.rand(p, generator=g, dtype=torch.float64) * 2 * math.pi)
 
     def forward(self, n: int) -> torch.Tensor:
-        # float64 keeps ω·i exact enough for vocabularies of 10⁵+ rows; the result is cast to float32.
-        i = torch.arange(n, device=self.freq.device, dtype=torch.float64)
-        return (math.sqrt(2.0) * torch.cos(i[:, None] * self.freq + self.phase)).float()
+        # float64 keeps ω·i exact enough for vocabularies of 10⁵+ rows; the result is cast to float32. Blocks of
+        # rows bound the float64 temporaries (a whole 50k-row vocabulary would need 4x the table itself).
+        out = torch.empty(n, len(self.freq), device=self.freq.device)
+        for start in range(0, n, _CODE_BLOCK):
+            i = torch.arange(start, min(n, start + _CODE_BLOCK), device=self.freq.device, dtype=torch.float64)
+            out[start:start + len(i)] = math.sqrt(2.0) * torch.cos(i[:, None] * self.freq + self.phase)
+        return out
 
 
 def _position_code(pos: torch.Tensor, size: torch.Tensor, d: int) -> torch.Tensor:
@@ -149,11 +154,17 @@ class LowRankDecoder(nn.Module):
         nn.init.zeros_(self.to_vec.weight)
         nn.init.zeros_(self.to_vec.bias)
 
-    def decode(self, h: torch.Tensor, queries: list[ParamQuery]) -> Iterator[tuple[ParamInfo, torch.Tensor]]:
+    def decode(self, h: torch.Tensor, queries: list[ParamQuery],
+               out: Mapping[str, torch.Tensor] | None = None) -> Iterator[tuple[ParamInfo, torch.Tensor]]:
         """Yield ``(info, tensor)`` for each query, tensor in the parameter's own shape (fp32).
 
         All factor heads run in one batched pass; the products ``A·B`` are formed one tensor at a time, so a
         caller that consumes and drops each tensor holds at most one full-size tensor (bounded memory).
+
+        Args:
+            out: optional destinations by parameter name (fp32, contiguous, the parameter's shape, on ``h``'s
+                device, no autograd): a matrix without a kernel is computed straight into its destination, which is
+                then the tensor yielded, so streaming a big model makes no full-size temporary at all.
 
         Shapes:
             h: (M, d) node embeddings; each query's ``node`` indexes its rows.
@@ -203,7 +214,8 @@ class LowRankDecoder(nn.Module):
                 ka, kb = q.kernel
                 u, v = u_all[iu:iu + ka], v_all[iv:iv + kb]
                 iu, iv = iu + ka, iv + kb
-                w = self._matrix(q, u, v, codes[rows], codes[cols], gain[role] * torch.exp(torch.tanh(vec[-1])))
+                w = self._matrix(q, u, v, codes[rows], codes[cols], gain[role] * torch.exp(torch.tanh(vec[-1])),
+                                 out.get(q.info.name) if out else None)
             else:
                 w = self._vector(q, vec, codes[rows], gain[role], self.offset[role])
             yield q.info, self._to_param_layout(q, w)
@@ -232,8 +244,11 @@ class LowRankDecoder(nn.Module):
         return rows, cols
 
     def _matrix(self, q: ParamQuery, u: torch.Tensor, v: torch.Tensor, row_codes: torch.Tensor,
-                col_codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+                col_codes: torch.Tensor, scale: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """(R, C, *K) tensor from factors: one GEMM ``A·B``; every scale is folded into the small factor A.
+
+        Without a kernel the GEMM is done in the parameter's own layout (``(C, R)`` for ``weight_t``), into ``out``
+        when given: the result is then written where the parameter lives, with no temporary or strided copy.
 
         Shapes: u (ka, p, r), v (kb, r, p), row_codes (≥ R, p), col_codes (≥ C, p).
         """
@@ -254,6 +269,11 @@ class LowRankDecoder(nn.Module):
             scale = scale / math.sqrt(cols)
         a = (row_codes[:rows] @ (u * scale).permute(1, 0, 2).reshape(p, ka * r)).view(rows * ka, r)  # (R·ka, r)
         b = (v.reshape(kb * r, p) @ col_codes[:cols].t()).view(kb, r, cols).permute(1, 2, 0)  # (r, C, kb)
+        if ka == kb == 1:
+            b = b.reshape(r, cols)
+            if role == "weight_t":  # stored (C, R): Bᵀ·Aᵀ is that layout, returned as its (R, C) transpose view
+                return torch.mm(b.t(), a.t(), out=out.view(cols, rows) if out is not None else None).t()
+            return torch.mm(a, b, out=out.view(rows, cols) if out is not None else None)
         w = a @ b.reshape(r, cols * kb)  # (R·ka, C·kb)
         if ka > 1 or kb > 1:
             w = w.view(rows, ka, cols, kb).permute(0, 2, 1, 3)  # a strided view: copy_ into the param reads it
