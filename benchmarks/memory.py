@@ -145,8 +145,9 @@ def run(ghn_name: str, device: str, configs: dict[str, str], modes: tuple[str, .
         out[name] = {}
         for mode in modes:
             out[name][mode] = []
-            for i in range(1 if mode == "init" else repeats):
-                logging.info("%s: %s (%d/%d)", name, mode, i + 1, repeats)
+            n = 1 if mode == "init" else repeats
+            for i in range(n):
+                logging.info("%s: %s (%d/%d)", name, mode, i + 1, n)
                 out[name][mode].append(measure(config, mode, ghn_name, device))
     return out
 
