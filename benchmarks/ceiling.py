@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ghn import GHN, GHNConfig, build_graph
+from ghn.decoder import balance_gradients
 
 from .common import RESULTS_DIR, env_info, md_table, write_results
 
@@ -155,8 +156,8 @@ def train_direct(case: Case, data: _Data, steps: int, lr: float, seed: int) -> t
     return model, losses
 
 
-def train_ghn(case: Case, data: _Data, steps: int, lr: float, seed: int, ghn_config: GHNConfig
-              ) -> tuple[nn.Module, GHN, list[float]]:
+def train_ghn(case: Case, data: _Data, steps: int, lr: float, seed: int, ghn_config: GHNConfig,
+              balance: bool = False) -> tuple[nn.Module, GHN, list[float]]:
     """Meta-train a fresh GHN on ``case``'s one architecture; returns the predicted model, the GHN, losses."""
     from train.tasks import run_functional
     torch.manual_seed(seed)
@@ -171,6 +172,8 @@ def train_ghn(case: Case, data: _Data, steps: int, lr: float, seed: int, ghn_con
     for step in range(steps):
         x, y = data.stream.batch(step)
         params = ghn(graph)[0]
+        if balance:
+            params = balance_gradients(params)
         loss = data.loss(run_functional(model, params, x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -183,19 +186,28 @@ def train_ghn(case: Case, data: _Data, steps: int, lr: float, seed: int, ghn_con
 
 
 # ---- effective rank ---------------------------------------------------------------------------------------------
+def _as_matrix(w: torch.Tensor) -> torch.Tensor:
+    """``(rows, rest)``: leading singleton dims dropped first (a ``(1, n, d)`` pos_embed is an ``n × d`` matrix)."""
+    w = w.detach().float()
+    while w.ndim > 2 and w.shape[0] == 1:
+        w = w[0]
+    return w.reshape(w.shape[0], -1)
+
+
 def effective_rank(w: torch.Tensor, rel: float = 0.01) -> int:
-    """Number of singular values of ``w`` (as ``(c_out, rest)``) above ``rel`` × the largest."""
-    s = torch.linalg.svdvals(w.detach().float().reshape(w.shape[0], -1))
+    """Number of singular values of ``w`` (as ``(rows, rest)``) above ``rel`` × the largest."""
+    s = torch.linalg.svdvals(_as_matrix(w))
     return int((s > rel * s[0]).sum()) if s.numel() and s[0] > 0 else 0
 
 
 def rank_rows(models: dict[str, nn.Module]) -> list[dict[str, Any]]:
-    """Per weight matrix (≥ 2-D parameters): its width ``min(c_out, fan_in)`` and effective rank per model."""
-    names = [n for n, p in next(iter(models.values())).named_parameters() if p.ndim >= 2]
+    """Per weight matrix (≥ 2-D parameters): its width ``min(rows, rest)`` and effective rank per model."""
+    first = dict(next(iter(models.values())).named_parameters())
     rows = []
-    for n in names:
-        p = dict(next(iter(models.values())).named_parameters())[n]
-        row = {"layer": n, "shape": "×".join(map(str, p.shape)), "width": min(p.shape[0], p[0].numel())}
+    for n, p in first.items():
+        if min(_as_matrix(p).shape) < 2:
+            continue  # vectors stored as (1, 1, d): no rank to speak of
+        row = {"layer": n, "shape": "×".join(map(str, p.shape)), "width": min(_as_matrix(p).shape)}
         for label, m in models.items():
             row[label] = effective_rank(dict(m.named_parameters())[n])
         rows.append(row)
@@ -204,7 +216,7 @@ def rank_rows(models: dict[str, nn.Module]) -> list[dict[str, Any]]:
 
 def run_case(name: str, steps: int, lr: float = 1e-3, batch_size: int = 64, seed: int = 0,
              ghn_config: GHNConfig | None = None, test_images: int | None = None,
-             data: _Data | None = None) -> dict[str, Any]:
+             data: _Data | None = None, balance: bool = False) -> dict[str, Any]:
     """Both runs of one case; returns a row of the results table (plus per-layer ranks under ``ranks``)."""
     case = CASES[name]
     ghn_config = ghn_config or GHNConfig.preset("small")
@@ -214,7 +226,8 @@ def run_case(name: str, steps: int, lr: float = 1e-3, batch_size: int = 64, seed
     t0 = time.perf_counter()
     direct, direct_losses = train_direct(case, data, steps, lr, seed)
     t1 = time.perf_counter()
-    predicted, ghn, ghn_losses = train_ghn(case, data, steps, lr, seed, copy.deepcopy(ghn_config))
+    predicted, ghn, ghn_losses = train_ghn(case, data, steps, lr, seed, copy.deepcopy(ghn_config),
+                                         balance)
     t2 = time.perf_counter()
     s_default, s_direct, s_ghn = data.score(default), data.score(direct), data.score(predicted)
     ratio = s_ghn / s_direct  # accuracy: higher is better, goal ≥ 0.95; LM loss: lower is better, goal ≤ 1.05
@@ -285,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (LMs: 16 windows of 64 bytes)")
     p.add_argument("--preset", default="small", help="GHN preset")
     p.add_argument("--ghn-overrides", default="", help="GHNConfig overrides, e.g. 'basis=128,rank=64'")
+    p.add_argument("--balance-grads", action="store_true",
+                   help="normalise the gradient reaching each predicted tensor (ghn.decoder.balance_gradients)")
     p.add_argument("--test-images", type=int, default=None, help="first N test images (default: all 10,000)")
     p.add_argument("--quick", action="store_true", help="linear case only, 300 steps, 2,000 test images")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -314,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         task = CASES[name].task
         if task not in data_by_task:
             data_by_task[task] = _Data(task, args.batch_size if task == "image" else LM_BATCH, test_images)
-        row = run_case(name, steps, args.lr, args.batch_size, 0, cfg, test_images, data_by_task[task])
+        row = run_case(name, steps, args.lr, args.batch_size, 0, cfg, test_images, data_by_task[task],
+                       args.balance_grads)
         rows.append(row)
         logger.info("%-15s default %.3f direct %.3f ghn %.3f ratio %.3f (%.0fs + %.0fs)", name, row["default"],
                     row["direct"], row["ghn"], row["ratio"], row["time_direct_s"], row["time_ghn_s"])

@@ -12,7 +12,7 @@ __all__ = ["GHNConfig", "PRESETS", "DECODER_VERSION"]
 # 1: fixed index codes only (checkpoints up to Dec 2026); 2: learned codes on the data-facing axes.
 DECODER_VERSION = 2
 # What a version-1 config means in today's fields: loading one gives exactly the decoder that wrote it.
-_V1_DECODER = dict(data_codes=[0, 0, 0], hidden_codes=0, code_gain=1.0)
+_V1_DECODER = dict(data_codes=[0, 0, 0], hidden_codes=0, code_gain=1.0, scale_range=1.0)
 
 
 @dataclass
@@ -41,6 +41,7 @@ class GHNConfig:
     data_codes: list[int] = field(default_factory=lambda: [4096, 64, 1024])
     hidden_codes: int = 0  # a learned code table for the first hidden channel indices (0: Φ alone)
     code_gain: float = 30.0  # learned codes are multiplied by it: their learning-rate multiplier under Adam
+    scale_range: float = 1.0  # a tensor's learned scale lies in [e^-x, e^x] times its role's (learned) gain
     decoder_version: int = DECODER_VERSION  # which decoder wrote a checkpoint (see GHNConfig.upgrade)
     # Metadata about what the GHN was trained for (written to config.json; used by predict() defaults).
     num_classes: int | None = None  # classifier width seen in training (None: unknown / untrained)
@@ -113,7 +114,8 @@ class GHNConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     # for tests: a few thousand parameters' worth of compute per graph
-    "tiny": dict(hidden_dim=32, num_layers=2, num_heads=2, basis=32, rank=16, decoder_hidden=64),
+    "tiny": dict(hidden_dim=32, num_layers=2, num_heads=2, basis=32, rank=16, decoder_hidden=64,
+                 data_codes=[2048, 16, 256]),
     # the default: ~0.4M parameters, trains on a 2-core CPU
     "small": dict(hidden_dim=64, num_layers=3, num_heads=4, basis=64, rank=32, decoder_hidden=128),
     # more capacity for GPU training

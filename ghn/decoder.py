@@ -28,7 +28,7 @@ import torch.nn as nn
 from .binding import ROLE_ID, ROLES, ParamInfo
 from .graph import canonical_shape
 
-__all__ = ["IndexCode", "LowRankDecoder", "ParamQuery", "graph_queries"]
+__all__ = ["IndexCode", "LowRankDecoder", "ParamQuery", "balance_gradients", "graph_queries"]
 
 # role → (offset, initial gain). Offsets put untrained outputs where default initialisations are
 # (norm scales at 1, biases at 0); gains are learned on top (log-parametrised).
@@ -118,6 +118,21 @@ def graph_queries(graph) -> list[ParamQuery]:
     return [ParamQuery(i, info, i in reads, i in writes) for i, info in graph.params]
 
 
+def balance_gradients(params: dict[str, torch.Tensor], eps: float = 1e-12) -> dict[str, torch.Tensor]:
+    """Rescale the gradient reaching each predicted tensor to unit RMS per element (returns ``params``).
+
+    Why: the decoder's weights are shared by every tensor it predicts, so under Adam one tensor with large
+    gradients (often the classifier) sets the step size for all of them and the others learn slowly. Adam on the
+    model itself normalises per element; this normalises per predicted tensor before the gradients are mixed.
+    Only the backward pass changes; values are untouched.
+    """
+    for t in params.values():
+        if t.requires_grad:
+            n = math.sqrt(t.numel())
+            t.register_hook(lambda g, n=n: g * (n / (g.norm() + eps)))
+    return params
+
+
 class LowRankDecoder(nn.Module):
     """Node embeddings → tensors. See the module docstring for the maths.
 
@@ -128,10 +143,12 @@ class LowRankDecoder(nn.Module):
             beyond a table use ``Φ`` alone. ``(0, 0, 0)`` disables them.
         hidden_codes: size of a learned code table added to ``Φ`` for hidden indices (0: none).
         code_gain: the learned tables are multiplied by it (their learning-rate multiplier).
+        scale_range: each tensor's learned scale lies in ``[e^-scale_range, e^scale_range]`` × its role's gain.
     """
 
     def __init__(self, d: int, hidden: int, p: int, r: int, code_seed: int,
-                 data_codes: tuple[int, int, int] = (0, 0, 0), hidden_codes: int = 0, code_gain: float = 1.0):
+                 data_codes: tuple[int, int, int] = (0, 0, 0), hidden_codes: int = 0, code_gain: float = 1.0,
+                 scale_range: float = 1.0):
         super().__init__()
         self.p, self.r = p, r
         self.code = IndexCode(p, code_seed)
@@ -140,6 +157,7 @@ class LowRankDecoder(nn.Module):
         # Codes are O(1) while Adam moves a parameter by ~lr a step: the gain is the tables' learning-rate
         # multiplier, so that a code moves as fast, relative to its size, as a directly trained weight does.
         self.code_gain = code_gain
+        self.scale_range = scale_range
         self.tables = nn.ParameterDict({k: nn.Parameter(torch.zeros(n, p)) for k, n in sizes.items() if n > 0})
         self.role = nn.Embedding(len(ROLES), d)
         self.slot = nn.Embedding(3, d)  # what a query asks for: a row factor U_a, a column factor V_b, a vector
@@ -214,11 +232,16 @@ class LowRankDecoder(nn.Module):
                 ka, kb = q.kernel
                 u, v = u_all[iu:iu + ka], v_all[iv:iv + kb]
                 iu, iv = iu + ka, iv + kb
-                w = self._matrix(q, u, v, codes[rows], codes[cols], gain[role] * torch.exp(torch.tanh(vec[-1])),
+                w = self._matrix(q, u, v, codes[rows], codes[cols], gain[role] * self._tensor_scale(vec[-1]),
                                  out.get(q.info.name) if out else None)
             else:
                 w = self._vector(q, vec, codes[rows], gain[role], self.offset[role])
             yield q.info, self._to_param_layout(q, w)
+
+    def _tensor_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-tensor multiplier ``exp(R·tanh(x/R))`` in ``[e^-R, e^R]`` (``R = scale_range``), 1 at ``x = 0``."""
+        r = self.scale_range
+        return torch.exp(r * torch.tanh(x / r))
 
     def _codes(self, kind: str, fixed: torch.Tensor) -> torch.Tensor:
         """``(n, p)`` codes of ``kind``: ``Φ`` plus the learned table of that kind on its first indices."""
@@ -284,7 +307,7 @@ class LowRankDecoder(nn.Module):
         n = q.shape[0] if q.shape else 1
         u, b0, log_scale = vec[:self.p], vec[self.p], vec[self.p + 1]
         values = b0 + codes[:n] @ u / math.sqrt(self.p)
-        return offset + gain * torch.exp(torch.tanh(log_scale)) * values
+        return offset + gain * self._tensor_scale(log_scale) * values
 
     @staticmethod
     def _to_param_layout(q: ParamQuery, w: torch.Tensor) -> torch.Tensor:

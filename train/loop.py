@@ -172,7 +172,9 @@ def _train(cfg: TrainConfig, info: DistInfo, command: str | None, data: ImageSou
     predictor: nn.Module = Predictor(ghn, cfg.amp)
     if info.distributed:
         predictor = DDP(predictor, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-                        forward_sync_buffers=False)  # the GHN's buffers are constants (index codes, role offsets)
+                        forward_sync_buffers=False,  # the GHN's buffers are constants (index codes, role offsets)
+                        # a rank whose archs have no conv reading the input leaves that code table unused
+                        find_unused_parameters=True)
 
     last: dict[str, float] = {}
     busy, n_window = 0.0, 0  # seconds spent in steps (data wait included; checkpoints and evaluation not)
