@@ -12,7 +12,7 @@ __all__ = ["GHNConfig", "PRESETS", "DECODER_VERSION"]
 # 1: fixed index codes only (checkpoints up to Dec 2026); 2: learned codes on the data-facing axes.
 DECODER_VERSION = 2
 # What a version-1 config means in today's fields: loading one gives exactly the decoder that wrote it.
-_V1_DECODER = dict(data_codes=[0, 0, 0], hidden_codes=0, code_gain=1.0, scale_range=1.0, chunk_codes=False)
+_V1_DECODER = dict(data_codes=[0, 0, 0], hidden_codes=0, code_gain=1.0, scale_range=1.0)
 
 
 @dataclass
@@ -41,7 +41,6 @@ class GHNConfig:
     data_codes: list[int] = field(default_factory=lambda: [4096, 64, 1024])
     hidden_codes: int = 0  # a learned code table for the first hidden channel indices (0: Φ alone)
     code_gain: float = 30.0  # learned codes are multiplied by it: their learning-rate multiplier under Adam
-    chunk_codes: bool = False  # restart index codes per chunk of fused qkv / concatenated inputs (graph_queries)
     scale_range: float = 1.0  # a tensor's learned scale lies in [e^-x, e^x] times its role's (learned) gain
     decoder_version: int = DECODER_VERSION  # which decoder wrote a checkpoint (see GHNConfig.upgrade)
     # Metadata about what the GHN was trained for (written to config.json; used by predict() defaults).

@@ -93,17 +93,10 @@ class ParamQuery:
     info: ParamInfo
     reads_input: bool = False
     writes_output: bool = False
-    chunks: tuple[int, int] = (1, 1)  # (row, column) chunks: see graph_queries(chunk_codes=True)
 
     @property
     def shape(self) -> tuple[int, ...]:
         return canonical_shape(self.info.role, self.info.shape)
-
-    @property
-    def factors(self) -> tuple[int, int]:
-        """How many row factors ``U`` and column factors ``V`` the tensor takes: one per (chunk, kernel pos)."""
-        ka, kb = self.kernel
-        return self.chunks[0] * ka, self.chunks[1] * kb
 
     @property
     def is_matrix(self) -> bool:
@@ -116,73 +109,13 @@ class ParamQuery:
         return (k[0] if k else 1), math.prod(k[1:]) if len(k) > 1 else 1
 
 
-_MAX_CHUNKS = 4  # a fused qkv has 3, SwiGLU's fused gate/up 2, a DARTS cell's concat 2-4; flattens have more
-
-
-def graph_queries(graph, chunk_codes: bool = False) -> list[ParamQuery]:
+def graph_queries(graph) -> list[ParamQuery]:
     """One :class:`ParamQuery` per bound parameter of ``graph`` (a :class:`ghn.Graph`), in node order, with its
-    data-facing flags read off the edges from the ``input`` node (index 0) and into the ``output`` node (last).
-
-    With ``chunk_codes``, a matrix whose rows are k ≤ 4 times the columns of the matrices that read them (through
-    parameter-free ops and norms: a fused qkv read by the output projection) is decoded as k chunks that each
-    restart the row code at 0, so q row d, k row C+d and v row 2C+d carry the code of the channel d they meet
-    downstream; likewise columns that read k producers' outputs concatenated (a DARTS cell's concat). Each chunk
-    gets its own factor, so chunks are not copies of each other.
-    """
+    data-facing flags read off the edges from the ``input`` node (index 0) and into the ``output`` node (last)."""
     last = len(graph.nodes) - 1
     reads = {dst for src, dst in graph.edges if src == 0}
     writes = {src for src, dst in graph.edges if dst == last}
-    chunks = _chunks(graph) if chunk_codes else {}
-    return [ParamQuery(i, info, i in reads, i in writes, chunks.get(i, (1, 1))) for i, info in graph.params]
-
-
-def _chunks(graph) -> dict[int, tuple[int, int]]:
-    """Node index → (row chunks, column chunks) for matrix nodes whose neighbours read/write them in chunks."""
-    n = len(graph.nodes)
-    succ: list[list[int]] = [[] for _ in range(n)]
-    pred: list[list[int]] = [[] for _ in range(n)]
-    for s, d in graph.edges:
-        succ[s].append(d)
-        pred[d].append(s)
-    dims: dict[int, tuple[int, int]] = {}
-    for i, node in enumerate(graph.nodes):
-        mats = [canonical_shape(p.role, p.shape) for p in node.params if p.role in _FAN_IN_ROLES]
-        mats = [m for m in mats if len(m) >= 2]
-        if mats:
-            dims[i] = (mats[0][0], mats[0][1])
-
-    def reach(start: int, nbrs: list[list[int]], axis: int) -> set[int] | None:
-        """Sizes along ``axis`` of the first matrix nodes reached; None if the walk meets input/output."""
-        seen, todo, found = {start}, list(nbrs[start]), set()
-        while todo:
-            j = todo.pop()
-            if j in seen:
-                continue
-            seen.add(j)
-            if j in (0, n - 1):
-                return None
-            if j in dims:
-                found.add(dims[j][axis])
-            else:  # parameter-free op or vector-only node (norm): channels pass through
-                todo.extend(nbrs[j])
-        return found
-
-    out = {}
-    for i, (rows, cols) in dims.items():
-        kr = kc = 1
-        readers = reach(i, succ, 1)
-        if readers and rows not in readers and len(readers) == 1:
-            (c,) = readers
-            if c > 1 and rows % c == 0 and 2 <= rows // c <= _MAX_CHUNKS:
-                kr = rows // c
-        writers = reach(i, pred, 0)
-        if writers and cols not in writers and len(writers) == 1:
-            (r,) = writers
-            if r > 1 and cols % r == 0 and 2 <= cols // r <= _MAX_CHUNKS:
-                kc = cols // r
-        if (kr, kc) != (1, 1):
-            out[i] = (kr, kc)
-    return out
+    return [ParamQuery(i, info, i in reads, i in writes) for i, info in graph.params]
 
 
 def balance_gradients(params: dict[str, torch.Tensor], eps: float = 1e-12) -> dict[str, torch.Tensor]:
@@ -259,8 +192,8 @@ class LowRankDecoder(nn.Module):
             role = ROLE_ID[q.info.role]
             parts = [(_SLOT_VEC, 0, 1)]
             if q.is_matrix:
-                na, nb = q.factors
-                parts += [(_SLOT_ROW, a, na) for a in range(na)] + [(_SLOT_COL, b, nb) for b in range(nb)]
+                ka, kb = q.kernel
+                parts += [(_SLOT_ROW, a, ka) for a in range(ka)] + [(_SLOT_COL, b, kb) for b in range(kb)]
             for slot, k, n in parts:
                 rows.append(q.node)
                 roles.append(role)
@@ -296,9 +229,9 @@ class LowRankDecoder(nn.Module):
                 if kind not in codes:
                     codes[kind] = self._codes(kind, fixed)
             if q.is_matrix:
-                na, nb = q.factors
-                u, v = u_all[iu:iu + na], v_all[iv:iv + nb]
-                iu, iv = iu + na, iv + nb
+                ka, kb = q.kernel
+                u, v = u_all[iu:iu + ka], v_all[iv:iv + kb]
+                iu, iv = iu + ka, iv + kb
                 w = self._matrix(q, u, v, codes[rows], codes[cols], gain[role] * self._tensor_scale(vec[-1]),
                                  out.get(q.info.name) if out else None)
             else:
@@ -340,11 +273,10 @@ class LowRankDecoder(nn.Module):
         Without a kernel the GEMM is done in the parameter's own layout (``(C, R)`` for ``weight_t``), into ``out``
         when given: the result is then written where the parameter lives, with no temporary or strided copy.
 
-        Shapes: u (kr·ka, p, r), v (kc·kb, r, p), row_codes (≥ R, p), col_codes (≥ C, p) for (kr, kc) chunks.
+        Shapes: u (ka, p, r), v (kb, r, p), row_codes (≥ R, p), col_codes (≥ C, p).
         """
         shape = q.shape
         (ka, kb), rows, cols = q.kernel, shape[0], shape[1]
-        kr, kc = q.chunks
         p, r = self.p, self.r
         u = u * torch.rsqrt(u.pow(2).mean() + 1e-8)  # unit RMS: role gain and per-tensor scale set the size
         v = v * torch.rsqrt(v.pow(2).mean() + 1e-8)
@@ -355,16 +287,11 @@ class LowRankDecoder(nn.Module):
             # Fan-in scaling, with the fan-in counted where the signal lives: inputs produced by a predicted layer
             # lie in the p-dim span of the codes, where Φ_cᵀΦ_c has eigenvalues ≈ C (not √C) once C > p, so a
             # plain 1/√C would grow activations by √(C/p) per layer. 1/√C · √(p/C) keeps them width-independent.
-            scale = scale / math.sqrt(cols * ka * kb) * min(1.0, math.sqrt(p * kc / cols))
+            scale = scale / math.sqrt(cols * ka * kb) * min(1.0, math.sqrt(p / cols))
         elif role == "embedding":
             scale = scale / math.sqrt(cols)
-        rc, cc = rows // kr, cols // kc  # rows/columns per chunk; chunk j holds rows j·rc .. (j+1)·rc - 1
-        a = (row_codes[:rc] @ (u * scale).permute(1, 0, 2).reshape(p, kr * ka * r))  # (rc, kr·ka·r)
-        if kr > 1:
-            a = a.view(rc, kr, ka * r).transpose(0, 1)
-        a = a.reshape(rows * ka, r)  # (R·ka, r)
-        b = (v.reshape(kc * kb * r, p) @ col_codes[:cc].t()).view(kc, kb, r, cc)
-        b = b.permute(2, 0, 3, 1).reshape(r, cols, kb)  # (r, C, kb), column j·cc + c' of chunk j
+        a = (row_codes[:rows] @ (u * scale).permute(1, 0, 2).reshape(p, ka * r)).view(rows * ka, r)  # (R·ka, r)
+        b = (v.reshape(kb * r, p) @ col_codes[:cols].t()).view(kb, r, cols).permute(1, 2, 0)  # (r, C, kb)
         if ka == kb == 1:
             b = b.reshape(r, cols)
             if role == "weight_t":  # stored (C, R): Bᵀ·Aᵀ is that layout, returned as its (R, C) transpose view

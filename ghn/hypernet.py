@@ -96,8 +96,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         hs = self.embed(graphs)
         # The decoder's products set every predicted value: under bf16 autocast they would keep 8 bits of mantissa.
         with torch.autocast(self.device.type, enabled=False):
-            return [{info.name: w for info, w in
-                     self.decoder.decode(h.float(), graph_queries(g, self.config.chunk_codes))}
+            return [{info.name: w for info, w in self.decoder.decode(h.float(), graph_queries(g))}
                     for g, h in zip(graphs, hs)]
 
     # ---- prediction for users ------------------------------------------------------------------------------------
@@ -233,7 +232,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         ``into``: destinations the decoder may write into (see ``LowRankDecoder.decode``)."""
         h = self.embed([graph])[0]
         pads = padding_rows(model, graph)
-        queries = graph_queries(graph, self.config.chunk_codes)
+        queries = graph_queries(graph)
         for info, w in (self.decoder.decode(h, queries, out=into) if into else self.decoder.decode(h, queries)):
             if info.name in pads:
                 w = w.index_fill(0, torch.tensor(pads[info.name], device=w.device), 0.0)

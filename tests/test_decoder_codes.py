@@ -81,31 +81,3 @@ def test_ceiling_quick_linear_reaches_direct_training(tmp_path):
     row = json.loads((tmp_path / "ceiling_quick.json").read_text())["rows"][0]
     assert row["family"] == "linear" and row["direct"] > 75
     assert row["ratio"] >= 0.9, row
-
-
-class _Attention(nn.Module):
-    """A fused-qkv attention block: the qkv rows are read in three chunks by the output projection."""
-
-    def __init__(self, c: int = 8, heads: int = 2):
-        super().__init__()
-        self.qkv, self.proj, self.heads = nn.Linear(c, 3 * c), nn.Linear(c, c), heads
-
-    def forward(self, x):
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-        return self.proj(y.transpose(1, 2).reshape(b, n, c))
-
-
-def test_chunk_codes_split_a_fused_qkv_into_three_distinct_chunks():
-    model = _Attention()
-    graph = build_graph(model, torch.randn(2, 5, 8))
-    chunks = {q.info.name: q.chunks for q in graph_queries(graph, chunk_codes=True)}
-    assert chunks["qkv.weight"] == (3, 1) and chunks["proj.weight"] == (1, 1)
-    assert all(c == (1, 1) for c in (q.chunks for q in graph_queries(graph)))  # off by default
-    torch.manual_seed(0)
-    ghn = GHN(GHNConfig.preset("tiny", chunk_codes=True)).eval()
-    w = ghn(graph)[0]["qkv.weight"]
-    assert w.shape == (24, 8) and torch.isfinite(w).all()
-    q, k, v = w.split(8)
-    assert not torch.allclose(q, k) and not torch.allclose(k, v)  # one factor per chunk: never tiled
