@@ -254,7 +254,8 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             "time_direct_s", "time_ghn_s"]
     lines = [f"# Decoder ceiling ({meta['tag']})", "",
              f"Command: `{meta['command']}`  ", f"GHN: {meta['ghn_config']}  ",
-             f"Optimiser: Adam lr {meta['lr']}, batch {meta['batch_size']}, {meta['steps']} steps for both runs "
+             f"Optimiser: Adam lr {meta['lr']}, batch {meta['batch_size']} images (LMs: {LM_BATCH} windows of "
+             f"{LM_SEQ_LEN} bytes), {meta['steps']} steps for both runs "
              f"(same batches). Machine: {meta['env']['cpu_count']} CPUs, torch {meta['env']['torch']}, commit "
              f"{meta['env']['git_commit']}, {meta['env']['date']}.", "",
              "Goal: ratio ≥ 0.95 (accuracy, images), ≤ 1.05 (loss, LMs).", "",
@@ -324,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides[k] = v
     cfg = GHNConfig.preset(args.preset, **overrides)
     tag = args.tag or ("quick" if args.quick else "full")
+    env = env_info()  # at the start: the commit that ran, not the one checked out when it ends
     rows, data_by_task = [], {}
     for name in families:
         task = CASES[name].task
@@ -338,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                               __import__("sys").argv[1:]),
             "ghn_config": {k: v for k, v in cfg.to_dict().items() if k not in ("notes",)}, "lr": args.lr,
             "batch_size": args.batch_size, "steps": steps, "test_images": test_images or 10000,
-            "env": env_info()}
+            "env": env}
     name = f"ceiling_{tag}"
     write_results(args.out, name, {"meta": meta, "rows": rows}, _markdown(rows, meta))
     _plot(rows, Path(args.out) / f"{name}.png")
