@@ -81,3 +81,12 @@ def test_ceiling_quick_linear_reaches_direct_training(tmp_path):
     row = json.loads((tmp_path / "ceiling_quick.json").read_text())["rows"][0]
     assert row["family"] == "linear" and row["direct"] > 75
     assert row["ratio"] >= 0.9, row
+
+
+def test_balance_gradients_gives_every_tensor_unit_rms_gradient():
+    from ghn.decoder import balance_gradients
+    a, b = torch.randn(4, 3, requires_grad=True), torch.randn(5, requires_grad=True)
+    params = balance_gradients({"a": a * 1.0, "b": b * 1.0})
+    (1000 * params["a"].sum() + 0.001 * params["b"].sum()).backward()
+    for g in (a.grad, b.grad):
+        assert g.pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-4)
