@@ -12,7 +12,7 @@ __all__ = ["GHNConfig", "PRESETS", "DECODER_VERSION"]
 # 1: fixed index codes only (checkpoints up to Dec 2026); 2: learned codes on the data-facing axes.
 DECODER_VERSION = 2
 # What a version-1 config means in today's fields: loading one gives exactly the decoder that wrote it.
-_V1_DECODER = dict(data_codes=[0, 0, 0], hidden_codes=0, code_gain=1.0, scale_range=1.0)
+_V1_DECODER = dict(data_codes=[0, 0, 0], code_gain=1.0)
 
 
 @dataclass
@@ -39,9 +39,7 @@ class GHNConfig:
     # convs, classes/vocabulary): these axes mean the same in every model of a task, so the GHN may learn what
     # index i there is (a linear classifier's pixels, an LM's bytes). Indices beyond a table use Φ alone.
     data_codes: list[int] = field(default_factory=lambda: [4096, 64, 1024])
-    hidden_codes: int = 0  # a learned code table for the first hidden channel indices (0: Φ alone)
     code_gain: float = 30.0  # learned codes are multiplied by it: their learning-rate multiplier under Adam
-    scale_range: float = 1.0  # a tensor's learned scale lies in [e^-x, e^x] times its role's (learned) gain
     decoder_version: int = DECODER_VERSION  # which decoder wrote a checkpoint (see GHNConfig.upgrade)
     # Metadata about what the GHN was trained for (written to config.json; used by predict() defaults).
     num_classes: int | None = None  # classifier width seen in training (None: unknown / untrained)
@@ -69,8 +67,6 @@ class GHNConfig:
             raise ConfigError(f"GHNConfig.data_codes must be three non-negative integers (input features, input "
                               f"channels, outputs), got {self.data_codes!r}")
         self.data_codes = list(self.data_codes)
-        if not isinstance(self.hidden_codes, int) or self.hidden_codes < 0:
-            raise ConfigError(f"GHNConfig.hidden_codes must be a non-negative integer, got {self.hidden_codes!r}")
         if self.rank > self.basis:
             raise ConfigError(f"GHNConfig.rank ({self.rank}) cannot exceed basis ({self.basis}): the factors "
                               "would have more rank than the index codes can carry")

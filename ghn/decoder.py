@@ -148,23 +148,19 @@ class LowRankDecoder(nn.Module):
         data_codes: ``(inputs, channels, outputs)`` sizes of the learned code tables added to ``Φ`` on the
             data-facing axes (input features/tokens, input channels of convs, classes/vocabulary); indices
             beyond a table use ``Φ`` alone. ``(0, 0, 0)`` disables them.
-        hidden_codes: size of a learned code table added to ``Φ`` for hidden indices (0: none).
         code_gain: the learned tables are multiplied by it (their learning-rate multiplier).
-        scale_range: each tensor's learned scale lies in ``[e^-scale_range, e^scale_range]`` × its role's gain.
     """
 
     def __init__(self, d: int, hidden: int, p: int, r: int, code_seed: int,
-                 data_codes: tuple[int, int, int] = (0, 0, 0), hidden_codes: int = 0, code_gain: float = 1.0,
-                 scale_range: float = 1.0):
+                 data_codes: tuple[int, int, int] = (0, 0, 0), code_gain: float = 1.0):
         super().__init__()
         self.p, self.r = p, r
         self.code = IndexCode(p, code_seed)
         # Learned codes start at zero, so an untrained decoder predicts exactly what fixed codes give.
-        sizes = dict(zip(("input", "channel", "output"), data_codes), hidden=hidden_codes)
+        sizes = dict(zip(("input", "channel", "output"), data_codes))
         # Codes are O(1) while Adam moves a parameter by ~lr a step: the gain is the tables' learning-rate
         # multiplier, so that a code moves as fast, relative to its size, as a directly trained weight does.
         self.code_gain = code_gain
-        self.scale_range = scale_range
         self.tables = nn.ParameterDict({k: nn.Parameter(torch.zeros(n, p)) for k, n in sizes.items() if n > 0})
         self.role = nn.Embedding(len(ROLES), d)
         self.slot = nn.Embedding(3, d)  # what a query asks for: a row factor U_a, a column factor V_b, a vector
@@ -245,10 +241,11 @@ class LowRankDecoder(nn.Module):
                 w = self._vector(q, vec, codes[rows], gain[role], self.offset[role])
             yield q.info, self._to_param_layout(q, w)
 
-    def _tensor_scale(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-tensor multiplier ``exp(R·tanh(x/R))`` in ``[e^-R, e^R]`` (``R = scale_range``), 1 at ``x = 0``."""
-        r = self.scale_range
-        return torch.exp(r * torch.tanh(x / r))
+    @staticmethod
+    def _tensor_scale(x: torch.Tensor) -> torch.Tensor:
+        """Per-tensor multiplier ``exp(tanh(x))`` in ``[1/e, e]``, 1 at ``x = 0`` (a wider range did not help:
+        ledger E8)."""
+        return torch.exp(torch.tanh(x))
 
     def _codes(self, kind: str, fixed: torch.Tensor) -> torch.Tensor:
         """``(n, p)`` codes of ``kind``: ``Φ`` plus the learned table of that kind on its first indices."""

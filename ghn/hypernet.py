@@ -66,7 +66,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         self.encoder = GraphEncoder(c.hidden_dim, c.num_layers, c.num_heads, c.max_hops, c.max_degree, c.ffn_ratio,
                                     c.dropout)
         self.decoder = LowRankDecoder(c.hidden_dim, c.decoder_hidden, c.basis, c.rank, c.code_seed,
-                                      tuple(c.data_codes), c.hidden_codes, c.code_gain, c.scale_range)
+                                      tuple(c.data_codes), c.code_gain)
         if device is not None:
             self.to(resolve_device(device))
 
@@ -185,9 +185,8 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
                 own = dict(model.named_parameters())  # once, not per tensor
                 # fp32 parameters next to the decoder are decoded straight into their storage: no full-size
                 # temporary per tensor, so the allocator has nothing to keep and the peak is the model itself
-                dev = next(self.decoder.parameters()).device
                 into = {n: p.detach() for n, p in own.items()
-                        if p.dtype == torch.float32 and p.device == dev and p.is_contiguous()}
+                        if p.dtype == torch.float32 and p.device == self.device and p.is_contiguous()}
                 for info, w in self._decode(graph, model, into):
                     check_prediction(model, {info.name: w}, own)
                     if w.data_ptr() != own[info.name].data_ptr():  # not decoded in place (vectors, kernels, fp16)
@@ -233,7 +232,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         h = self.embed([graph])[0]
         pads = padding_rows(model, graph)
         queries = graph_queries(graph)
-        for info, w in (self.decoder.decode(h, queries, out=into) if into else self.decoder.decode(h, queries)):
+        for info, w in self.decoder.decode(h, queries, out=into):
             if info.name in pads:
                 w = w.index_fill(0, torch.tensor(pads[info.name], device=w.device), 0.0)
             yield info, w

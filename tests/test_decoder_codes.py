@@ -49,7 +49,7 @@ def _save_as_v1(tmp_path):
     ghn = GHN(GHNConfig.preset("tiny", data_codes=[0, 0, 0], code_gain=1.0))
     ghn.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    for k in ("decoder_version", "data_codes", "code_gain", "hidden_codes"):
+    for k in ("decoder_version", "data_codes", "code_gain"):
         cfg.pop(k)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     return ghn
