@@ -29,6 +29,17 @@ def tiny_ghn():
     return GHN(GHNConfig.preset("tiny")).eval()
 
 
+def run_cli(argv, capsys):
+    """``ghn-predict`` in-process: ``(exit code, stdout, stderr)`` (argparse errors exit via SystemExit)."""
+    from ghn.cli import main
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
 def tiny_gpt2():
     from transformers import AutoModelForCausalLM, GPT2Config
     cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=128, n_positions=32, bos_token_id=0, eos_token_id=0)

@@ -12,21 +12,18 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from ghn.cli import build_parser, cli_terms, main
+from ghn.cli import build_parser, cli_terms
 from ghn.errors import CheckpointError, ConfigError
 from ghn.sources import load_model
+
+from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_GPT2 = {"n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_size": 64, "n_positions": 32, "bos_token_id": 0, "eos_token_id": 0}
 
 
 def _run(argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as e:
-        rc = e.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
+    return run_cli(argv, capsys)
 
 
 # ---- item 2: any transformers model -------------------------------------------------------------------------------

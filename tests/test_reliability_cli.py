@@ -10,16 +10,13 @@ import sys
 import pytest
 import torch
 
-from ghn.cli import main
+
+from conftest import run_cli
 
 
 def _exit_code(argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as e:
-        rc = e.code
-    out = capsys.readouterr()
-    return rc, out.err
+    rc, _, err = run_cli(argv, capsys)
+    return rc, err
 
 
 @pytest.mark.parametrize("argv,match", [
