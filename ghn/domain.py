@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from .config import GHNConfig
 from .errors import DomainWarning, ExampleInputError
-from .graph import Graph, build_graph
+from .graph import Graph, build_graph, head_node
 from .inputs import ExampleInputs, default_example_inputs
 
 __all__ = ["TASKS", "SHIPPED_PREDICTORS", "ghn_task", "model_task", "training_inputs", "graph_for", "head_node",
@@ -152,25 +152,6 @@ def graph_for(config: GHNConfig, model: nn.Module, example_inputs: ExampleInputs
                             type(model).__name__, tuple(mine.shape))
         example_inputs = _declared_inputs(model)
     return build_graph(model, example_inputs, **hops), example_inputs
-
-
-def head_node(graph: Graph) -> int | None:
-    """Index of the classifier / LM head: the linear or conv node with parameters nearest the output, walking edges
-    backwards (node order alone is not enough: cells' projections can be listed after the head)."""
-    parents: dict[int, list[int]] = {}
-    for s, d in graph.edges:
-        parents.setdefault(d, []).append(s)
-    frontier, seen = [len(graph.nodes) - 1], {len(graph.nodes) - 1}
-    while frontier:
-        nxt = []
-        for i in frontier:
-            node = graph.nodes[i]
-            if node.op in ("linear", "conv") and node.params:
-                return i
-            nxt += [p for p in parents.get(i, []) if p not in seen]
-            seen.update(nxt)
-        frontier = nxt
-    return None
 
 
 def _num_outputs(graph: Graph) -> int | None:

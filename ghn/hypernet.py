@@ -232,7 +232,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         h = self.embed([graph])[0]
         pads = padding_rows(model, graph)
         queries = graph_queries(graph)
-        for info, w in self.decoder.decode(h, queries, out=into):
+        for info, w in (self.decoder.decode(h, queries, out=into) if into else self.decoder.decode(h, queries)):
             if info.name in pads:
                 w = w.index_fill(0, torch.tensor(pads[info.name], device=w.device), 0.0)
             yield info, w

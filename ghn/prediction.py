@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from .binding import CoverageReport
 from .errors import DeviceError, ExampleInputError, GHNError, GraphError
-from .graph import Graph
+from .graph import Graph, head_node
 
 __all__ = ["Prediction", "check_graph", "check_prediction", "write_params", "materialize", "init_empty_weights",
            "padding_rows", "reinit_classifier", "recalibrate_bn", "classifier_module", "resolve_device"]
@@ -328,11 +328,11 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
 
 
 def classifier_module(model: nn.Module, graph: Graph) -> tuple[str, nn.Module] | None:
-    """The last linear/conv module before the output (the classifier or LM head), if any."""
-    for node in reversed(graph.nodes):
-        if node.op in ("linear", "conv") and node.params and node.module:
-            return node.module, model.get_submodule(node.module)
-    return None
+    """The classifier or LM head (:func:`ghn.graph.head_node`) as ``(path, module)``, if any."""
+    i = head_node(graph)
+    if i is None or not graph.nodes[i].module:
+        return None
+    return graph.nodes[i].module, model.get_submodule(graph.nodes[i].module)
 
 
 @torch.no_grad()
