@@ -1,4 +1,5 @@
-"""Quality: GHN-predicted vs default vs LSUV initialisation on held-out architectures (Fashion-MNIST, fortunes).
+"""Quality: GHN-predicted vs default vs LSUV initialisation on held-out architectures (Fashion-MNIST), and
+(``--task lm``, :mod:`benchmarks.quality_lm`) predicted vs default init of byte-level language models.
 
 Protocol (DESIGN.md, "Evaluation protocol"):
 
@@ -14,11 +15,9 @@ then each conv/linear layer rescaled in forward order until its output variance 
 
 Archs: held-out specs of ``model_zoo`` (``heldout_archs``: never in the training split) from several families,
 a plain user-written CNN, and a timm ResNet-18 (11M parameters: above the zoo's timm size limit, so never sampled).
-Language models (``--lm``): held-out GPT/Llama specs, byte-level validation loss on the fortunes text at step 0
-and after N AdamW steps, for ``ghn`` vs ``default``.
-
 Run: ``python -m benchmarks.quality [--quick] [--device cuda]``. Writes ``results/quality.{md,json,png}``
-(``quality_quick.*`` with ``--quick``).
+(``quality_quick.*`` with ``--quick``); ``--task lm`` evaluates the LM predictor (``checkpoints/ghn-fortunes``) and
+writes ``results/quality_lm{_quick}.*``.
 """
 from __future__ import annotations
 
@@ -27,6 +26,7 @@ import json
 import logging
 import math
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +38,11 @@ import torch.nn.functional as F
 
 from ghn import GHN
 from train.data import stream_seed
-from train.evaluate import BN_BATCH_SIZE, BN_BATCHES, ImageEvalData, accuracy, bn_batches, lm_loss, \
-    zero_shot_accuracy
+from train.evaluate import BN_BATCH_SIZE, BN_BATCHES, ImageEvalData, accuracy, bn_batches, zero_shot_accuracy
 
 from .common import add_common_args, env_info, ghn_label, load_ghn, md_table, setup, write_results
 
-__all__ = ["PlainCNN", "Arch", "image_archs", "lm_archs", "lsuv_", "INITS", "evaluate_image_arch",
-           "evaluate_lm_arch", "run", "main"]
+__all__ = ["PlainCNN", "Arch", "image_archs", "lsuv_", "INIT_NAMES", "evaluate_image_arch", "run", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,15 +110,6 @@ def image_archs(quick: bool = False, n_zoo: int = 6, seed: int = 0) -> list[Arch
             "resnet18", pretrained=False, in_chans=1, num_classes=10), seed),
             "timm model above the zoo's timm size limit (never sampled)"))
     return archs
-
-
-def lm_archs(quick: bool = False, seed: int = 0) -> list[Arch]:
-    """Held-out decoder LMs from the zoo (byte vocabulary 256, sequence length 64)."""
-    from model_zoo import heldout_archs
-
-    zoo = heldout_archs(1 if quick else 2, seed=seed, families=("gpt", "llama"))
-    return [Arch(name, spec.family, spec.build, "model_zoo held-out split", spec.to_dict())
-            for name, spec in zoo.items()]
 
 
 # ---- initialisations ------------------------------------------------------------------------------------------
@@ -229,29 +218,6 @@ def evaluate_image_arch(model: nn.Module, data: ImageEvalData, train_y: torch.Te
     return {"acc": acc, "loss": losses, "diverged": diverged}
 
 
-# ---- language models -------------------------------------------------------------------------------------------
-def evaluate_lm_arch(model: nn.Module, train: torch.Tensor, val: torch.Tensor, seq_len: int,
-                     eval_steps: tuple[int, ...], seed: int = 0, lr: float = 1e-3, batch: int = 16) -> dict:
-    """Validation loss (``train.evaluate.lm_loss``) at step 0 and after AdamW steps on random training windows
-    (the same windows for every init)."""
-    g = torch.Generator().manual_seed(stream_seed("finetune-lm", seed))
-    loss = {0: lm_loss(model, val, seq_len, seed=seed)}
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    torch.manual_seed(seed)
-    for step in range(1, max(eval_steps) + 1):
-        model.train()
-        starts = torch.randint(0, len(train) - seq_len - 1, (batch,), generator=g).to(train.device)
-        win = train[starts[:, None] + torch.arange(seq_len + 1, device=train.device)]
-        out = model(input_ids=win[:, :-1]).logits
-        step_loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), win[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        step_loss.backward()
-        opt.step()
-        if step in eval_steps:
-            loss[step] = lm_loss(model, val, seq_len, seed=seed)
-    return {"val_loss": loss}
-
-
 # ---- driver ---------------------------------------------------------------------------------------------------
 def load_image_data(device: torch.device, data_dir: Path | None = None, test_images: int | None = None
                     ) -> tuple[ImageEvalData, torch.Tensor]:
@@ -263,10 +229,9 @@ def load_image_data(device: torch.device, data_dir: Path | None = None, test_ima
     return ImageEvalData(normalize(train_px).to(device), normalize(test_px).to(device), test_y), train_y.to(device)
 
 
-def run(ghn: GHN, device: torch.device, quick: bool = False, lm: bool = True, inits: tuple[str, ...] = INIT_NAMES,
+def run(ghn: GHN, device: torch.device, quick: bool = False, inits: tuple[str, ...] = INIT_NAMES,
         archs: list[Arch] | None = None, test_limit: int | None = None, eval_steps: tuple[int, ...] | None = None,
-        lm_steps: tuple[int, ...] | None = None, seed: int = 0, fmnist_dir: Path | None = None,
-        fortunes_dir: Path | None = None) -> dict:
+        seed: int = 0, fmnist_dir: Path | None = None) -> dict:
     """Evaluate every (arch, init); returns the JSON-able results."""
     eval_steps = eval_steps or ((0, 25, 100) if quick else (0, 25, 50, 100, 200, 500))
     test_limit = test_limit if test_limit is not None else (1000 if quick else None)
@@ -275,7 +240,7 @@ def run(ghn: GHN, device: torch.device, quick: bool = False, lm: bool = True, in
     lsuv_batch = next(bn_batches(data.train_x, seed=seed))  # LSUV sees one of the BN batches: no extra data
     res: dict = {"protocol": {"eval_steps": list(eval_steps), "test_images": len(data.test_y), "lr": LR,
                               "momentum": MOMENTUM, "batch": BATCH, "bn_batches": BN_BATCHES,
-                              "bn_batch": BN_BATCH_SIZE, "seed": seed}, "image": {}, "lm": {}}
+                              "bn_batch": BN_BATCH_SIZE, "seed": seed}, "image": {}}
     for arch in archs if archs is not None else image_archs(quick, seed=seed):
         row: dict = {"family": arch.family, "heldout": arch.heldout, "spec": arch.spec, "inits": {}}
         for name in inits:
@@ -287,29 +252,6 @@ def run(ghn: GHN, device: torch.device, quick: bool = False, lm: bool = True, in
             logger.info("%s %s: %s", arch.name, name, {k: round(v, 1) for k, v in out["acc"].items()})
             del model
         res["image"][arch.name] = row
-    if lm:
-        from train.data import VAL_FRACTION, fortunes_bytes
-
-        text = fortunes_bytes(fortunes_dir)
-        split = int(len(text) * (1 - VAL_FRACTION))  # the validation tail of meta-training
-        # train.evaluate.lm_loss moves its windows to the model's device itself: keep the validation bytes on CPU
-        lm_train, lm_val = text[:split].to(device), text[split:]
-        lm_steps = lm_steps or ((0, 20) if quick else (0, 100, 500))
-        res["protocol"]["lm"] = {"steps": list(lm_steps), "optimizer": "AdamW lr 1e-3", "batch": 16,
-                                 "data": f"{len(text):,} bytes of fortunes, validation = the last "
-                                 f"{100 * VAL_FRACTION:.0f} % (as in meta-training)"}
-        for arch in lm_archs(quick, seed=seed):
-            row = {"family": arch.family, "heldout": arch.heldout, "spec": arch.spec, "inits": {}}
-            seq_len = arch.spec["hparams"]["seq_len"] if arch.spec else 64
-            for name in ("ghn", "default"):
-                with torch.device(device):
-                    model = arch.build().to(device)
-                if name == "ghn":
-                    ghn.predict(model)
-                row["params"] = sum(p.numel() for p in model.parameters())
-                row["inits"][name] = evaluate_lm_arch(model, lm_train, lm_val, seq_len, lm_steps, seed)
-                logger.info("%s %s: %s", arch.name, name, row["inits"][name]["val_loss"])
-            res["lm"][arch.name] = row
     res["summary"] = summarize(res)
     return res
 
@@ -366,27 +308,17 @@ def to_markdown(res: dict, label: str, env: dict) -> str:
             f = s["ghn_beats_default_by_5_at_early_step"]
             parts.append(f"- After {s['early_step']} steps, GHN init ≥ default init + 5 points on {100 * f:.0f} % of "
                          f"the archs (goal ≥ 90 %): {'met' if f >= 0.9 else 'MISSED'}")
-    if res["lm"]:
-        lp = p["lm"]
-        rows = []
-        for arch, r in res["lm"].items():
-            for name, v in r["inits"].items():
-                rows.append({"arch": arch, "family": r["family"], "params": r["params"], "init": name,
-                             **{("zero-shot" if st == 0 else f"{st} steps"): v["val_loss"][st] for st in lp["steps"]}})
-        parts += [f"\n## Language models: validation loss (nats/byte, lower is better)\n\n{lp['data']}; "
-                  f"fine-tuning with {lp['optimizer']}, batch {lp['batch']} windows of the model's sequence length.\n",
-                  md_table(rows)]
     return "\n".join(parts)
 
 
 def plot(res: dict, path: Path) -> None:
-    """Accuracy vs fine-tuning steps, one panel per arch plus the mean (and LM validation loss panels)."""
+    """Accuracy vs fine-tuning steps, one panel per arch plus the mean."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = list(res["image"].items())
-    n = len(panels) + 1 + len(res["lm"])
+    n = len(panels) + 1
     cols = min(4, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
@@ -409,14 +341,6 @@ def plot(res: dict, path: Path) -> None:
         ax.set_ylabel("test acc. %", fontsize=7)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    for ax, (arch, r) in zip(axes[len(panels) + 1:], res["lm"].items()):
-        lsteps = res["protocol"]["lm"]["steps"]
-        for name, v in r["inits"].items():
-            ax.plot(lsteps, [v["val_loss"][s] for s in lsteps], "o-", ms=3, color=colors.get(name), label=name)
-        ax.set_title(f"LM {arch}: val loss", fontsize=8)
-        ax.set_xlabel("AdamW steps", fontsize=7)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
     for ax in axes[n:]:
         ax.axis("off")
     axes[0].legend(fontsize=7)
@@ -437,10 +361,14 @@ def _int_steps(x):
 
 def main(argv: list[str] | None = None) -> None:
     p = add_common_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    p.set_defaults(ghn=None)
+    p.add_argument("--task", choices=("image", "lm"), default="image",
+                   help="image: Fashion-MNIST classifiers (default GHN checkpoints/ghn-fmnist); lm: byte-level causal "
+                        "LMs on fortunes (default GHN checkpoints/ghn-fortunes)")
     p.add_argument("--quick", action="store_true",
-                   help="3 archs, 1,000 test images, steps 0/25/100, one small LM for 20 steps (a few minutes on CPU)")
-    p.add_argument("--no-lm", action="store_true", help="skip the language models")
-    p.add_argument("--inits", nargs="*", default=list(INIT_NAMES), choices=INIT_NAMES)
+                   help="image: 3 archs, 1,000 test images, steps 0/25/100; lm: 3 zoo + 2 real LMs, steps 0/25/100 "
+                        "(a few minutes on CPU)")
+    p.add_argument("--inits", nargs="*", default=list(INIT_NAMES), choices=INIT_NAMES, help="image inits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fmnist-dir", type=Path, default=None,
                    help="Fashion-MNIST idx .gz files (default: $GHN_FMNIST_DIR or the Debian package's directory)")
@@ -449,24 +377,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--render", type=Path, default=None,
                    help="only re-write the .md and .png next to this results .json (no evaluation)")
     args = p.parse_args(argv)
+    from . import quality_lm
+    report = quality_lm if args.task == "lm" else sys.modules[__name__]
     if args.render:
         res = _int_steps(json.loads(args.render.read_text()))
-        plot(res, args.render.with_suffix(".png"))
-        args.render.with_suffix(".md").write_text(to_markdown(res, res["ghn"], res["env"]) + "\n")
+        report.plot(res, args.render.with_suffix(".png"))
+        args.render.with_suffix(".md").write_text(report.to_markdown(res, res["ghn"], res["env"]) + "\n")
         return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ghn").setLevel(logging.ERROR)
     device = setup(args)
+    args.ghn = args.ghn or ("checkpoints/ghn-fortunes" if args.task == "lm" else "checkpoints/ghn-fmnist")
     ghn = load_ghn(args.ghn, device)
     label = ghn_label(ghn, args.ghn)
     env = env_info(device)
     t = time.perf_counter()
-    res = run(ghn, device, args.quick, lm=not args.no_lm, inits=tuple(args.inits), seed=args.seed,
-              fmnist_dir=args.fmnist_dir, fortunes_dir=args.fortunes_dir)
+    if args.task == "lm":
+        res = quality_lm.run(ghn, device, args.quick, seed=args.seed, fortunes_dir=args.fortunes_dir)
+    else:
+        res = run(ghn, device, args.quick, inits=tuple(args.inits), seed=args.seed, fmnist_dir=args.fmnist_dir)
     res.update(env=env, ghn=label, quick=args.quick, seconds=time.perf_counter() - t)
-    name = "quality_quick" if args.quick else "quality"
-    plot(res, args.out / f"{name}.png")
-    md = to_markdown(res, label, env)
+    name = ("quality_lm" if args.task == "lm" else "quality") + ("_quick" if args.quick else "")
+    report.plot(res, args.out / f"{name}.png")
+    md = report.to_markdown(res, label, env)
     write_results(args.out, name, res, md)
     print(md)
 

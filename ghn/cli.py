@@ -3,10 +3,13 @@
 Examples:
     ghn-predict --model timm:resnet18 --model-kwargs '{"num_classes": 10, "in_chans": 1}' --out resnet18.safetensors
     ghn-predict --model torchvision:resnet50 --input-shape 3,224,224 --out r50.safetensors
-    ghn-predict --model hf:gpt2 --model-kwargs '{"n_layer": 2}' --seq-len 32 --out gpt2-2l.safetensors
+    ghn-predict --model hf:gpt2 --model-kwargs '{"n_layer": 2, "vocab_size": 256}' --seq-len 32 --out gpt2-2l.safetensors
     ghn-predict --model hf:t5 --out t5.safetensors               # any transformers model type
     ghn-predict --model hf:gpt2-large --meta --out gpt2-large.safetensors --max-shard-size 1GB
     ghn-predict --model hf:path/to/config.json --meta --out big.safetensors
+
+Without --ghn, the shipped predictor of the model's task is used (ghn-fortunes for language models, ghn-fmnist
+for image models) and the first output line says which.
 
 Exit status: 0 on success, 1 on an error (one line on stderr, nothing written), 2 on a bad flag, 130 on Ctrl-C.
 """
@@ -34,10 +37,9 @@ import torch.nn as nn
 from .errors import ConfigError, GHNError, OutputError
 from .sources import load_model
 
-__all__ = ["main", "load_model", "save_sharded", "OutputFiles"]
+__all__ = ["main", "load_model", "save_sharded", "OutputFiles", "pick_predictor"]
 
 logger = logging.getLogger("ghn")
-DEFAULT_GHN = "ghn-fmnist"  # a shipped predictor: found in this checkout's checkpoints/ from any directory
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -70,8 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--meta", action="store_true",
                    help="build the model on the meta device (no weight memory) and stream predictions: for big models")
     g = p.add_argument_group("predictor")
-    g.add_argument("--ghn", default=DEFAULT_GHN,
-                   help="shipped predictor name (ghn-fmnist), GHN directory, training run directory or Hub repo id")
+    g.add_argument("--ghn", default=None,
+                   help="shipped predictor name (ghn-fmnist, ghn-fortunes), GHN directory, training run directory or "
+                        "Hub repo id (default: the shipped predictor of the model's task: ghn-fortunes for language "
+                        "models, ghn-fmnist otherwise)")
     g.add_argument("--device", default="cpu", help="device of the GHN and of a --meta model (cpu, cuda, cuda:1, ...)")
     g.add_argument("--classifier", choices=("predict", "reinit"), default="predict",
                    help="keep the predicted classifier / LM head, or re-initialise it (other number of classes)")
@@ -111,24 +115,23 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, output: OutputFiles, progress: _Progress) -> None:
     from .domain import graph_for
-    from .hypernet import GHN
     from .prediction import resolve_device
     kwargs = _model_kwargs(args.model_kwargs)
     if args.seq_len is not None and args.input_shape is not None:
         raise ConfigError("give --input-shape or --seq-len, not both (--seq-len N is --input-shape N for token ids)")
     resolve_device(args.device)  # a bad --device fails now, not after building the model
-    progress(f"loading GHN {args.ghn}")
-    ghn = GHN.from_pretrained(_ghn_location(args.ghn), device=args.device)
-    print(f"GHN: {args.ghn} ({sum(p.numel() for p in ghn.parameters()):,} parameters, "
-          f"{'trained' if ghn.config.trained else 'UNTRAINED: predictions are a structured random init'})")
+    ghn = _load_ghn(args.ghn, args.device, progress) if args.ghn is not None else None
     progress(f"building {args.model}{' on the meta device' if args.meta else ''}")
     t0 = time.perf_counter()
     model = load_model(args.model, kwargs, meta=args.meta)
     n_params = sum(p.numel() for p in model.parameters())
     t1 = time.perf_counter()
-    progress(f"tracing {type(model).__name__} ({n_params:,} parameters)")
     shape = (args.seq_len,) if args.seq_len is not None else args.input_shape
     example = example_inputs(model, shape, token_ids=args.seq_len is not None)
+    if ghn is None:
+        name, why = pick_predictor(model, example)
+        ghn = _load_ghn(name, args.device, progress, why)
+    progress(f"tracing {type(model).__name__} ({n_params:,} parameters)")
     graph, example = graph_for(ghn.config, model, example, ghn.config.max_hops)
     progress(f"predicting {len(graph.param_names):,} tensors from a graph of {len(graph):,} nodes")
     model = ghn.predict(model, example, graph=graph, classifier=args.classifier, device=args.device)
@@ -138,6 +141,26 @@ def _run(args: argparse.Namespace, output: OutputFiles, progress: _Progress) -> 
     print(f"model: {args.model} ({type(model).__name__}, {n_params:,} parameters) built in {t1 - t0:.2f}s")
     print(f"predicted in {t2 - t1:.2f}s (graph build included): {graph.coverage}")
     print(f"wrote {', '.join(str(f) for f in files)} in {t3 - t2:.2f}s")
+
+
+def _load_ghn(name: str, device: str, progress: _Progress, why: str = "") -> Any:
+    from .hypernet import GHN
+    progress(f"loading GHN {name}")
+    ghn = GHN.from_pretrained(_ghn_location(name), device=device)
+    print(f"GHN: {name}{why} ({sum(p.numel() for p in ghn.parameters()):,} parameters, "
+          f"{'trained' if ghn.config.trained else 'UNTRAINED: predictions are a structured random init'})")
+    return ghn
+
+
+def pick_predictor(model: nn.Module, example: Any = None) -> tuple[str, str]:
+    """The shipped predictor for ``model``'s task (``ghn.domain.model_task``: language model or image model; image
+    when it cannot be told) and the words saying why, e.g. ``("ghn-fortunes", " (picked for a language model ...)")``.
+    """
+    from .domain import SHIPPED_PREDICTORS, model_task
+    task = model_task(model, example)
+    name = Path(SHIPPED_PREDICTORS[task or "image"]).name
+    what = {"lm": "a language model", "image": "an image model"}.get(task, "a model of unknown task")
+    return name, f" (picked for {what}; --ghn chooses another)"
 
 
 def _model_kwargs(text: str) -> dict[str, Any]:

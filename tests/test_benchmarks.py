@@ -1,11 +1,12 @@
 """Smoke tests of the benchmarks' core functions on tiny models and synthetic data (seconds, CPU only)."""
 import json
+import math
 
 import pytest
 import torch
 import torch.nn as nn
 
-from benchmarks import memory, quality, size, speed
+from benchmarks import memory, quality, quality_lm, size, speed
 from benchmarks.common import md_table, write_results
 from ghn import GHN, GHNConfig
 from train.data import fmnist_dir
@@ -119,24 +120,57 @@ def test_same_data_order_for_every_init():
     assert runs[0] == runs[1]
 
 
-def test_lm_protocol_and_report(ghn, tmp_path):
-    model = speed.gpt2(**TINY_GPT)
-    ghn.predict(model)
-    text = torch.randint(0, 32, (4000,))
-    out = quality.evaluate_lm_arch(model, text[:3000], text[3000:], seq_len=8, eval_steps=(0, 2))
-    assert set(out["val_loss"]) == {0, 2}
+def test_image_report(tmp_path):
     acc = {"acc": {0: 10.0, 2: 20.0}, "loss": {}, "diverged": False}
     res = {"protocol": {"eval_steps": [0, 2], "test_images": 50, "lr": 0.05, "momentum": 0.9, "batch": 64,
-                        "bn_batches": 20, "bn_batch": 128, "lm": {"steps": [0, 2], "optimizer": "AdamW", "batch": 16,
-                                                                   "data": "x"}},
+                        "bn_batches": 20, "bn_batch": 128},
            "image": {"a": {"family": "user", "params": 10, "inits": {"ghn": {**acc, "coverage": 1.0},
-                                                                      "default": acc}}},
-           "lm": {"g": {"family": "gpt", "params": 10, "inits": {"ghn": out, "default": out}}}}
+                                                                      "default": acc}}}}
     res["summary"] = quality.summarize(res)
     assert res["summary"]["zero_shot_ghn_mean"] == 10.0
     assert "MISSED" in quality.to_markdown(res, "tiny", {"device": "cpu"})
     quality.plot(res, tmp_path / "q.png")
     assert (tmp_path / "q.png").stat().st_size > 1000
+
+
+# ---- quality, language models -----------------------------------------------------------------------------------
+def test_lm_protocol_runs_every_real_world_lm(tmp_path):
+    """Every LM of the real-world set builds, is predicted with full coverage and fine-tunes; the report and the
+    goal checks follow the numbers."""
+    torch.manual_seed(0)
+    ghn = GHN(GHNConfig.preset("tiny", task="lm", input_shape=[64], vocab_size=256, trained=True)).eval()
+    archs = quality_lm.real_lms()
+    assert {a.family for a in archs} >= {"gpt2", "llama", "qwen2", "mistral", "user"}
+    assert all(sum(p.numel() for p in a.build().parameters()) <= 10_000_000 for a in archs)
+    res = quality_lm.run(ghn, torch.device("cpu"), archs=archs, steps=(0, 1))
+    assert all(r["coverage"] == 1.0 for r in res["archs"].values())
+    for r in res["archs"].values():
+        d = r["inits"]["default"]["val_loss"]
+        assert set(d) == {0, 1} and 5.0 < d[0] < 6.5  # default init: about ln(256) = 5.55 nats/byte
+    real = res["summary"]["sets"]["real"]
+    assert real["n"] == len(archs) and res["summary"]["early_step"] == 1
+    assert real["goal_met"] == (real["frac_ppl_gain_met"] >= 0.9 and real["zero_shot_below_default"] == len(archs))
+    md = quality_lm.to_markdown(res, "tiny", {"device": "cpu"})
+    assert "hf_mistral" in md and ("MISSED" in md or "met" in md)
+    quality_lm.plot(res, tmp_path / "q.png")
+    assert (tmp_path / "q.png").stat().st_size > 1000
+
+
+def test_lm_goal_checks():
+    def row(set_name, ghn, default):
+        return {"set": set_name, "family": "x", "params": 1, "spec": None,
+                "inits": {"ghn": {"val_loss": {0: ghn[0], 100: ghn[1]}}, "default": {"val_loss": {0: default[0],
+                                                                                                  100: default[1]}}}}
+    res = {"protocol": {"steps": [0, 100]}, "archs": {
+        "a": row("zoo", (3.0, 2.0), (5.5, 2.3)),   # perplexity 26 % lower: a win
+        "b": row("zoo", (3.0, 2.2), (5.5, 2.3)),   # 10 % lower: not enough
+        "c": row("real", (3.0, 2.0), (5.5, 2.5)),
+        "d": row("real", (5.6, 1.0), (5.5, 2.5))}}  # wins after 100 steps, but zero-shot above default
+    s = quality_lm.summarize(res)["sets"]
+    assert s["zoo"]["frac_ppl_gain_met"] == 0.5 and s["zoo"]["zero_shot_below_default"] == 2
+    assert s["real"]["frac_ppl_gain_met"] == 1.0 and s["real"]["zero_shot_below_default"] == 1
+    assert not s["zoo"]["goal_met"] and not s["real"]["goal_met"]
+    assert abs(s["zoo"]["ppl_gain_at_early_step"][0] - (1 - math.exp(-0.3))) < 1e-9
 
 
 @pytest.mark.skipif(not fmnist_dir().is_dir(), reason="Fashion-MNIST idx files not installed")

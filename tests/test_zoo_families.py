@@ -8,7 +8,7 @@ import torch
 import model_zoo as mz
 from ghn.errors import ConfigError
 
-SEEDS = {"cnn": 8, "vit": 8, "mlp": 8, "gpt": 4, "llama": 4, "timm": 3}
+SEEDS = {"cnn": 8, "vit": 8, "mlp": 8, "gpt": 4, "llama": 4, "nanolm": 6, "timm": 3}
 
 
 @pytest.mark.parametrize("family", list(SEEDS))
@@ -67,3 +67,21 @@ def test_timm_family_runs_on_small_inputs():
         assert spec.build().eval()(spec.example_inputs()).shape == (2, 10)
     with pytest.raises(ConfigError):
         mz.sample_arch("timm", seed=0, pattern="no_such_model*")
+
+
+def test_nanolm_is_a_hand_written_decoder_of_every_kind():
+    specs = [mz.sample_arch("nanolm", seed=s, max_params=300_000, max_depth=4) for s in range(24)]
+    for key in ("mlp", "norm", "pos", "tie", "bias"):
+        assert len({s.hparams[key] for s in specs}) >= 2, key
+    spec = mz.sample_arch("nanolm", seed=3, vocab_size=64, seq_len=32, max_depth=2, max_params=100_000)
+    model = spec.build()
+    logits = model(spec.example_inputs())  # a plain tensor, not an output object
+    assert logits.shape == (2, 32, 64) and spec.hparams["n_layer"] <= 2
+    # causal: the logits at position t do not depend on later tokens
+    ids = torch.randint(0, 64, (1, 32))
+    other = ids.clone()
+    other[0, 20:] = (other[0, 20:] + 1) % 64
+    assert torch.allclose(model(ids)[0, :20], model(other)[0, :20], atol=1e-5)
+    assert not torch.allclose(model(ids)[0, 20:], model(other)[0, 20:])
+    with pytest.raises(ConfigError, match="heads"):
+        mz.get_family("nanolm").build({**spec.hparams, "width": 30, "n_head": 4})

@@ -1,0 +1,275 @@
+"""Quality of an LM predictor: GHN-predicted vs default init of byte-level causal LMs on the fortunes text.
+
+Protocol (issue 12): initialise (``ghn.predict``, or the model's own constructor init, seeded), measure the
+validation loss (nats/byte, ``train.evaluate.lm_loss``: 64 fixed windows of the validation tail meta-training
+never reads) zero-shot, then fine-tune with AdamW (lr 1e-3, batch 16 windows x 64 bytes, the same windows and
+seed for every init) and measure it again after 25, 100 and 500 steps. Perplexity = exp(loss).
+
+Two sets, none of whose archs any training run saw by name:
+
+* ``zoo``: held-out specs of the model_zoo LM families (gpt, llama, nanolm) under the constraints the shipped
+  predictor was trained with (``train/configs/fortunes_lm.yaml``): the predictor's own distribution;
+* ``real``: library configs shrunk to byte level (vocab 256) and hand-written decoders: Hugging Face GPT-2, Llama,
+  Qwen2, Mistral and GPT-NeoX (Pythia) configs, and a user-written ``nn.TransformerEncoder`` LM (a class no zoo
+  family builds).
+
+Goals: after 100 steps the predicted init's perplexity is >= 20 % lower than default init's on >= 90 % of the
+nets of each set, and its zero-shot loss is below default init's on every net.
+
+Run: ``python -m benchmarks.quality --task lm [--quick]``; writes ``results/quality_lm{_quick}.{md,json,png}``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ghn import GHN
+from train.data import VAL_FRACTION, fortunes_bytes, stream_seed
+from train.evaluate import lm_loss
+
+from .common import md_table
+
+__all__ = ["LMArch", "TorchTransformerLM", "zoo_lms", "real_lms", "evaluate_lm_arch", "run", "summarize",
+           "to_markdown", "plot", "LR", "BATCH", "SEQ_LEN", "PPL_GAIN", "FRACTION"]
+
+logger = logging.getLogger(__name__)
+
+LR, BATCH, SEQ_LEN = 1e-3, 16, 64  # fine-tuning protocol: AdamW, 16 windows of 64 bytes
+PPL_GAIN, FRACTION = 0.20, 0.90  # goal: >= 20 % lower perplexity after 100 steps on >= 90 % of the nets
+#: the constraints train/configs/fortunes_lm.yaml samples under (the zoo set is drawn from its held-out split)
+ZOO_CONSTRAINTS = dict(max_params=200_000, max_depth=4)
+ZOO_FAMILIES = ("gpt", "llama", "nanolm")
+
+
+@dataclass
+class LMArch:
+    """One evaluated language model: its name, set (``zoo`` or ``real``), family and a seeded builder."""
+
+    name: str
+    set: str
+    family: str
+    build: Callable[[], nn.Module]
+    spec: dict | None = None
+
+
+class TorchTransformerLM(nn.Module):
+    """What a user writes with PyTorch's own layers: token + learned position embeddings, a pre-norm
+    ``nn.TransformerEncoder`` run with a causal mask, and a linear head. Input ``(B, T)`` ids, output logits
+    ``(B, T, vocab)``."""
+
+    def __init__(self, vocab: int = 256, seq_len: int = SEQ_LEN, width: int = 128, heads: int = 4, layers: int = 3,
+                 ffn: int = 512):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, width), nn.Embedding(seq_len, width)
+        layer = nn.TransformerEncoderLayer(width, heads, ffn, dropout=0.0, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm, self.head = nn.LayerNorm(width), nn.Linear(width, vocab)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        t = input_ids.shape[1]
+        x = self.tok(input_ids) + self.pos(torch.arange(t, device=input_ids.device))
+        mask = nn.Transformer.generate_square_subsequent_mask(t, device=input_ids.device, dtype=x.dtype)
+        return self.head(self.norm(self.encoder(x, mask=mask, is_causal=True)))
+
+
+def _seeded(make: Callable[[], nn.Module], seed: int) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return make()
+    return build
+
+
+def _hf(config_cls: str, **kw) -> Callable[[], nn.Module]:
+    def make() -> nn.Module:
+        import transformers
+        from transformers import AutoModelForCausalLM
+        cfg = getattr(transformers, config_cls)(vocab_size=256, use_cache=False, bos_token_id=None,
+                                                eos_token_id=None, pad_token_id=None, **kw)
+        return AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    return make
+
+
+def real_lms(seed: int = 0) -> list[LMArch]:
+    """Library configs at byte level, shrunk to 0.3-1M parameters, and a hand-written LM (all under 10M)."""
+    makers = {
+        "hf_gpt2": ("gpt2", _hf("GPT2Config", n_positions=SEQ_LEN, n_layer=4, n_embd=128, n_head=4)),
+        "hf_llama": ("llama", _hf("LlamaConfig", max_position_embeddings=SEQ_LEN, num_hidden_layers=4,
+                                  hidden_size=128, num_attention_heads=4, num_key_value_heads=2,
+                                  intermediate_size=344)),
+        "hf_qwen2": ("qwen2", _hf("Qwen2Config", max_position_embeddings=SEQ_LEN, num_hidden_layers=3,
+                                  hidden_size=96, num_attention_heads=6, num_key_value_heads=2,
+                                  intermediate_size=256, tie_word_embeddings=True)),
+        "hf_mistral": ("mistral", _hf("MistralConfig", max_position_embeddings=SEQ_LEN, num_hidden_layers=2,
+                                      hidden_size=128, num_attention_heads=8, num_key_value_heads=2,
+                                      intermediate_size=448, sliding_window=32)),
+        "hf_gpt_neox": ("gpt_neox", _hf("GPTNeoXConfig", max_position_embeddings=SEQ_LEN, num_hidden_layers=3,
+                                        hidden_size=128, num_attention_heads=4, intermediate_size=512,
+                                        rotary_pct=0.25)),
+        "torch_transformer": ("user", TorchTransformerLM),
+    }
+    return [LMArch(name, "real", fam, _seeded(make, seed)) for name, (fam, make) in makers.items()]
+
+
+def zoo_lms(n: int = 21, seed: int = 0) -> list[LMArch]:
+    """``n`` held-out model_zoo LMs, evenly over gpt, llama and nanolm, under the shipped predictor's training
+    constraints (vocab 256, 64 tokens, <= 200k parameters, <= 4 blocks)."""
+    from train.evaluate import eval_specs
+
+    specs = eval_specs(n, ZOO_FAMILIES, dict(vocab_size=256, seq_len=SEQ_LEN, **ZOO_CONSTRAINTS), seed=seed)
+    return [LMArch(name, "zoo", spec.family, spec.build, spec.to_dict()) for name, spec in specs.items()]
+
+
+def _logits(out) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") else out
+
+
+def evaluate_lm_arch(model: nn.Module, train: torch.Tensor, val: torch.Tensor, seq_len: int,
+                     eval_steps: tuple[int, ...], seed: int = 0, lr: float = LR, batch: int = BATCH) -> dict:
+    """Validation loss (``train.evaluate.lm_loss``) at step 0 and after AdamW steps on random training windows
+    (the same windows for every init). Returns ``{"val_loss": {step: nats}, "diverged": bool}``."""
+    g = torch.Generator().manual_seed(stream_seed("finetune-lm", seed))
+    loss = {0: lm_loss(model, val, seq_len, seed=seed)}
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    torch.manual_seed(seed)
+    diverged = False
+    device = next(model.parameters()).device
+    for step in range(1, max(eval_steps) + 1):
+        model.train()
+        starts = torch.randint(0, len(train) - seq_len - 1, (batch,), generator=g)
+        win = train[starts[:, None] + torch.arange(seq_len + 1)].to(device)
+        out = _logits(model(win[:, :-1]))
+        step_loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), win[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        step_loss.backward()
+        opt.step()
+        diverged |= not math.isfinite(step_loss.item())
+        if step in eval_steps:
+            loss[step] = lm_loss(model, val, seq_len, seed=seed)
+    return {"val_loss": loss, "diverged": diverged}
+
+
+def run(ghn: GHN, device: torch.device, quick: bool = False, archs: list[LMArch] | None = None,
+        steps: tuple[int, ...] | None = None, seed: int = 0, fortunes_dir: Path | None = None) -> dict:
+    """Evaluate every (arch, init in ghn/default); returns the JSON-able results."""
+    steps = steps or ((0, 25, 100) if quick else (0, 25, 100, 500))
+    if archs is None:
+        archs = zoo_lms(3 if quick else 21, seed) + real_lms(seed)[:2 if quick else None]
+    text = fortunes_bytes(fortunes_dir)
+    split = int(len(text) * (1 - VAL_FRACTION))  # the validation tail of meta-training
+    train, val = text[:split], text[split:]
+    res: dict = {"protocol": {"steps": list(steps), "optimizer": f"AdamW lr {LR}", "batch": BATCH,
+                              "seq_len": SEQ_LEN, "seed": seed, "val_windows": 64,
+                              "data": f"{len(text):,} bytes of fortunes; validation = the last "
+                                      f"{100 * VAL_FRACTION:.0f} % (never read by meta-training)"},
+                 "archs": {}}
+    for arch in archs:
+        row: dict = {"set": arch.set, "family": arch.family, "spec": arch.spec, "inits": {}}
+        for name in ("ghn", "default"):
+            t = time.perf_counter()
+            with torch.device(device):
+                model = arch.build().to(device)
+            if name == "ghn":
+                pred = ghn.predict_params(model)
+                row["coverage"] = pred.coverage.fraction
+                ghn.predict(model, graph=pred.graph)
+            row["params"] = sum(p.numel() for p in model.parameters())
+            out = evaluate_lm_arch(model, train, val, SEQ_LEN, steps, seed)
+            row["inits"][name] = {**out, "seconds": time.perf_counter() - t}
+            logger.info("%s %s: %s", arch.name, name, {k: round(v, 3) for k, v in out["val_loss"].items()})
+            del model
+        res["archs"][arch.name] = row
+    res["summary"] = summarize(res)
+    return res
+
+
+def summarize(res: dict) -> dict:
+    """Per set: mean losses, how many nets reach >= PPL_GAIN lower perplexity at step 100 (or the last step
+    before it), and how many have a lower zero-shot loss than default init."""
+    steps = res["protocol"]["steps"]
+    early = 100 if 100 in steps else max(s for s in steps if s <= 100)
+    out: dict = {"early_step": early, "sets": {}}
+    for set_name in dict.fromkeys(r["set"] for r in res["archs"].values()):
+        rows = [r for r in res["archs"].values() if r["set"] == set_name]
+        gains = [1 - math.exp(r["inits"]["ghn"]["val_loss"][early] - r["inits"]["default"]["val_loss"][early])
+                 for r in rows]
+        zero = [r["inits"]["ghn"]["val_loss"][0] < r["inits"]["default"]["val_loss"][0] for r in rows]
+        wins = sum(g >= PPL_GAIN for g in gains) / len(rows)
+        out["sets"][set_name] = {
+            "n": len(rows),
+            "mean_loss": {name: {s: sum(r["inits"][name]["val_loss"][s] for r in rows) / len(rows) for s in steps}
+                          for name in ("ghn", "default")},
+            "ppl_gain_at_early_step": gains, "frac_ppl_gain_met": wins, "zero_shot_below_default": sum(zero),
+            "goal_met": wins >= FRACTION and all(zero)}
+    return out
+
+
+def to_markdown(res: dict, label: str, env: dict) -> str:
+    p, s = res["protocol"], res["summary"]
+    early = s["early_step"]
+    rows = []
+    for arch, r in res["archs"].items():
+        g, d = r["inits"]["ghn"]["val_loss"], r["inits"]["default"]["val_loss"]
+        row = {"arch": arch, "set": r["set"], "family": r["family"], "params": r["params"]}
+        for st in p["steps"]:
+            key = "zero-shot" if st == 0 else f"{st} steps"
+            row[key] = f"{g[st]:.3f} / {d[st]:.3f}"
+        row[f"ppl gain @{early}"] = f"{100 * (1 - math.exp(g[early] - d[early])):+.0f} %"
+        rows.append(row)
+    parts = [f"# Quality of the LM predictor: predicted vs default init\n\nGHN: {label}. Device: {env['device']}, "
+             f"{env.get('torch_threads', '?')} threads, commit {env.get('git_commit', '?')}, {env.get('date', '')}. "
+             f"Validation loss in nats/byte (lower is better), **GHN / default**: {p['data']}; "
+             f"{p['val_windows']} windows of {p['seq_len']} bytes. Fine-tuning: {p['optimizer']}, batch {p['batch']} "
+             f"windows of {p['seq_len']} bytes, the same windows and seed for both inits. *ppl gain* = 1 − "
+             f"perplexity(GHN) / perplexity(default) after {early} steps. The `zoo` set is the model_zoo held-out "
+             "split under the training constraints; `real` are library configs shrunk to bytes and hand-written "
+             "LMs; no training run saw any of them by name.\n", md_table(rows)]
+    parts.append("\n## Goals (per set)\n")
+    for name, v in s["sets"].items():
+        m = v["mean_loss"]
+        parts.append(f"- **{name}** ({v['n']} nets): mean loss GHN / default: "
+                     + ", ".join(f"{'zero-shot' if st == 0 else f'{st} steps'} {m['ghn'][st]:.3f} / "
+                                 f"{m['default'][st]:.3f}" for st in p["steps"])
+                     + f". Perplexity ≥ {100 * PPL_GAIN:.0f} % lower after {early} steps on "
+                       f"{100 * v['frac_ppl_gain_met']:.0f} % (goal ≥ {100 * FRACTION:.0f} %); zero-shot loss below "
+                       f"default on {v['zero_shot_below_default']} of {v['n']} (goal: all): "
+                       f"**{'met' if v['goal_met'] else 'MISSED'}**")
+    return "\n".join(parts)
+
+
+def plot(res: dict, path: Path) -> None:
+    """Validation loss vs AdamW steps: one panel per arch, GHN vs default."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(res["archs"].items())
+    cols = min(6, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows), squeeze=False)
+    axes = axes.ravel()
+    steps = res["protocol"]["steps"]
+    for ax, (arch, r) in zip(axes, panels):
+        for name, color in (("ghn", "C0"), ("default", "C1")):
+            ax.plot(steps, [r["inits"][name]["val_loss"][s] for s in steps], "o-", ms=3, color=color, label=name)
+        ax.set_title(f"{arch} ({r['params'] / 1e3:.0f}k)", fontsize=7)
+        ax.set_xscale("symlog", linthresh=25)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(panels):]:
+        ax.axis("off")
+    axes[0].legend(fontsize=6)
+    axes[0].set_ylabel("val loss (nats/byte)", fontsize=7)
+    fig.suptitle(f"LMs on fortunes bytes, validation loss vs AdamW steps; GHN: {res.get('ghn', '?')}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
