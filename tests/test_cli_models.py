@@ -10,13 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
+from torch import nn
 from safetensors.torch import load_file
 
 from ghn.cli import build_parser, cli_terms
 from ghn.errors import CheckpointError, ConfigError
 from ghn.sources import load_model
 
-from conftest import run_cli
+from conftest import run_cli, tiny_gpt2
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_GPT2 = {"n_layer": 1, "n_embd": 16, "n_head": 2, "vocab_size": 64, "n_positions": 32, "bos_token_id": 0, "eos_token_id": 0}
@@ -100,7 +102,8 @@ def test_shipped_predictor_and_a_cached_hub_config_from_another_directory(tmp_pa
     r = subprocess.run([sys.executable, "-m", "ghn.cli", "--model", "hf:someorg/tiny-gpt2", "--out", "g.safetensors",
                         "-q"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "GHN: ghn-fmnist" in r.stdout and "GPT2LMHeadModel" in r.stdout
+    # no --ghn: the shipped predictor of the model's task, and the first line says which and why
+    assert "GHN: ghn-fortunes (picked for a language model" in r.stdout and "GPT2LMHeadModel" in r.stdout
     assert load_file(cwd / "g.safetensors")["transformer.wte.weight"].shape == (64, 16)
 
 
@@ -200,3 +203,20 @@ def test_a_long_step_keeps_reporting(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("predicting 436 tensors ...") and len(lines) >= 3
     assert all(line.endswith("still predicting 436 tensors") for line in lines[1:])
+
+
+def test_without_ghn_the_predictor_matches_the_models_task():
+    from ghn.cli import pick_predictor
+    from model_zoo import create_arch
+    assert pick_predictor(tiny_gpt2())[0] == "ghn-fortunes"
+    assert pick_predictor(create_arch("test_nanolm").build())[0] == "ghn-fortunes"  # hand-written: its embedding
+    assert pick_predictor(timm.create_model("test_resnet", num_classes=10, in_chans=1))[0] == "ghn-fmnist"
+    name, why = pick_predictor(nn.Linear(4, 2))  # nothing tells: the image predictor, and the reason says so
+    assert name == "ghn-fmnist" and "unknown task" in why
+
+
+def test_an_image_model_without_ghn_gets_the_image_predictor(tmp_path, capsys):
+    rc, text, err = _run(["--model", "timm:test_resnet", "--model-kwargs", '{"num_classes": 10, "in_chans": 1}',
+                          "--out", str(tmp_path / "r.safetensors"), "-q"], capsys)
+    assert rc == 0 and err == "", err
+    assert "GHN: ghn-fmnist (picked for an image model; --ghn chooses another)" in text

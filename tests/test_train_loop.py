@@ -209,13 +209,21 @@ def test_bf16_autocast_keeps_the_decoder_in_fp32():
 
 def test_lm_task_on_fortunes(tmp_path):
     cfg = TrainConfig.from_dict(dict(out=str(tmp_path / "lm"), steps=2, ckpt_every=2, log_every=1, threads=1,
-                                     task="lm", batch_size=4, seq_len=16, families=["gpt", "llama"],
+                                     task="lm", batch_size=4, seq_len=16, families=["gpt", "llama", "nanolm"],
                                      max_params=30_000, zoo_constraints={"max_depth": 1}, ghn_preset="tiny",
                                      meta_batch=2, warmup_steps=1))
     summary = train(cfg)
     assert summary["skipped"] == 0 and 0 < summary["loss"] < 50 and summary["bits_per_byte"] > 0
     ghn = GHN.from_pretrained(tmp_path / "lm" / "ckpt-0000002")
     assert ghn.config.notes["task"] == "lm" and ghn.config.num_classes is None
+    # released with the LM quality report: an LM model card that embeds it
+    from train.release import main as release_main
+    (tmp_path / "q.md").write_text("# Quality of the LM predictor\n\nbody\n\n## Goals (per set)\n\n- **zoo**: MISSED\n")
+    assert release_main([str(tmp_path / "lm"), "--quality", str(tmp_path / "q.md"), "--to",
+                         str(tmp_path / "ghn-lm")]) == 0
+    card = (tmp_path / "ghn-lm" / "README.md").read_text()
+    assert "causal language models over a vocabulary of 256 tokens" in card and "windows of 16 tokens" in card
+    assert "### Goals (per set)" in card and "- **zoo**: MISSED" in card and "Quality of the LM" not in card
 
 
 def test_release_writes_hub_layout_with_a_model_card(reference, tmp_path):

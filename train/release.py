@@ -1,6 +1,7 @@
 """Turn a training checkpoint into a released predictor: Hub layout plus a model card with measured numbers.
 
     python -m train.release runs/fmnist --eval eval.json --to checkpoints/ghn-fmnist
+    python -m train.release runs/fortunes --quality benchmarks/results/quality_lm.md --to checkpoints/ghn-fortunes
 
 Writes ``config.json`` + ``model.safetensors`` (``GHN.save_pretrained``; the optimizer and RNG state stay behind)
 and a ``README.md`` model card: how it was trained (command, data, zoo, steps, wall time, final loss), the zero-shot
@@ -26,7 +27,8 @@ __all__ = ["release", "model_card", "main"]
 
 def _training_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     train = [r for r in records if r.get("loss") is not None]
-    evals = [r for r in records if "eval_acc_ghn" in r]
+    key = "eval_acc" if any("eval_acc_ghn" in r for r in records) else "eval_loss"
+    evals = [r for r in records if f"{key}_ghn" in r]
     if not train:
         return {}
     last = train[-1]
@@ -34,69 +36,107 @@ def _training_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     per_step = (last["time"] - train[0]["time"]) / max(1, last["step"] - train[0]["step"])
     return {"wall_min": (last["time"] - train[0]["time"] + per_step * train[0]["step"]) / 60,
             "final_loss": last["loss"], "final_train_acc": last.get("acc"), "skipped": last.get("skipped", 0),
-            "evals": [(r["step"], r["eval_acc_ghn"], r["eval_acc_default"]) for r in evals]}
+            "eval_metric": key, "evals": [(r["step"], r[f"{key}_ghn"], r[f"{key}_default"]) for r in evals]}
+
+
+def _intro(ghn: GHN, name: str, preset: str) -> list[str]:
+    """Title, what the predictor is for, and how to use it (per task)."""
+    c = ghn.config
+    n = sum(p.numel() for p in ghn.parameters())
+    if c.task == "lm":
+        return ["---", "library_name: ghn", "license: mit", "tags: [graph-hypernetwork, parameter-prediction, ghn, "
+                "language-model]", "---", f"# {name}", "",
+                f"A graph hypernetwork (package `ghn`, {n:,} parameters, preset `{preset}`) meta-trained to predict "
+                f"the parameters of causal language models over a vocabulary of {c.vocab_size} tokens (bytes when "
+                "256), in one forward pass.", "", "```python", "from ghn import GHN",
+                f'ghn = GHN.from_pretrained("checkpoints/{name}")',
+                "model = ghn.predict(model)   # any causal LM taking (B, T) token ids: parameters written in place",
+                "```", "", f"Trained on windows of {c.input_shape[0] if c.input_shape else '?'} tokens; models are "
+                "traced with token ids of that length unless they declare their own inputs."]
+    shape = "x".join(map(str, c.input_shape)) if c.input_shape else "?"
+    return ["---", "library_name: ghn", "license: mit", "tags: [graph-hypernetwork, parameter-prediction, ghn, "
+            "fashion-mnist]", "datasets: [fashion_mnist]", "---", f"# {name}", "",
+            f"A graph hypernetwork (package `ghn`, {n:,} parameters, preset `{preset}`) meta-trained to predict the "
+            f"parameters of {shape} image classifiers with {c.num_classes} classes, in one forward pass.", "",
+            "```python", "from ghn import GHN", f'ghn = GHN.from_pretrained("checkpoints/{name}")',
+            f"model = ghn.predict(model)   # any nn.Module taking (B, {', '.join(map(str, c.input_shape or []))}) "
+            "inputs: parameters written in place", "```", "", "Inputs follow the Fashion-MNIST convention "
+            "`x = (pixel/255 - 0.2860) / 0.3530`. If the model has BatchNorm, recompute its statistics on a few "
+            "training batches (`bn=\"recalibrate\"`, `bn_data=...`)."]
+
+
+def _zero_shot_section(evaluation: dict[str, Any]) -> list[str]:
+    """The image card's table of ``python -m train.evaluate`` results."""
+    s = evaluation["summary"]
+    lines = ["", "## Evaluation: zero-shot on held-out architectures", "",
+             f"{evaluation['archs']} architectures of the training distribution ({', '.join(evaluation['families'])}"
+             f"; constraints `{json.dumps(evaluation['constraints'])}`) from model_zoo's **held-out split**, "
+             "never seen in meta-training. Test accuracy (%) on the "
+             f"{evaluation['test_images']:,} Fashion-MNIST test images with no training: parameters from "
+             "`ghn.predict` vs the model's own default (random) initialisation; models with BatchNorm get "
+             "their statistics recomputed from 20 training batches of 128 images first (both inits).", "",
+             "| archs | n | GHN (zero-shot) | default init |", "|---|---|---|---|"]
+    for key in ["all"] + [k for k in s if k != "all"]:
+        lines.append(f"| {key} | {s[key]['archs']} | {s[key]['ghn']:.1f} | {s[key]['default']:.1f} |")
+    beats = sum(r["ghn"] > r["default"] for r in evaluation["rows"])
+    lines += ["", f"The GHN init beats the default init on {beats} of {len(evaluation['rows'])} architectures "
+              f"(best {max(r['ghn'] for r in evaluation['rows']):.1f} %, worst "
+              f"{min(r['ghn'] for r in evaluation['rows']):.1f} %).", "", "Re-measure:", "", "```bash",
+              evaluation["command"], "```", "", "Per-architecture results:", "", "| arch | family | params | GHN | "
+              "default |", "|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['family']} | {r['params']:,} | {r['ghn']:.1f} | {r['default']:.1f} |"
+              for r in evaluation["rows"]]
+    return lines
+
+
+def _quality_section(report: str) -> list[str]:
+    """A benchmark report (the Markdown of ``python -m benchmarks.quality --task lm``), one heading level down."""
+    body = report.split("\n", 1)[1] if report.startswith("# ") else report  # drop the report's own title
+    return ["", "## Evaluation: held-out models, zero-shot and fine-tuned", "", body.strip().replace("\n## ", "\n### "),
+            "", "Re-measure: `python -m benchmarks.quality --task lm` (writes `benchmarks/results/quality_lm.md`)."]
 
 
 def model_card(ghn: GHN, state: dict[str, Any], train_cfg: dict[str, Any], summary: dict[str, Any],
-               evaluation: dict[str, Any] | None, name: str) -> str:
-    """The README.md of a released predictor (YAML front matter for the Hub, then Markdown)."""
-    c, notes = ghn.config, ghn.config.notes
-    n = sum(p.numel() for p in ghn.parameters())
-    lines = ["---", "library_name: ghn", "license: mit", "tags: [graph-hypernetwork, parameter-prediction, ghn, "
-             "fashion-mnist]", "datasets: [fashion_mnist]", "---", f"# {name}", "",
-             f"A graph hypernetwork (package `ghn`, {n:,} parameters, preset `{train_cfg.get('ghn_preset', '?')}`) "
-             f"meta-trained to predict the parameters of {c.input_shape[0]}x{c.input_shape[1]}x{c.input_shape[2]} "
-             f"image classifiers with {c.num_classes} classes, in one forward pass." if c.input_shape else
-             f"A graph hypernetwork (package `ghn`, {n:,} parameters).", "",
-             "```python", "from ghn import GHN", f'ghn = GHN.from_pretrained("checkpoints/{name}")',
-             "model = ghn.predict(model)   # any nn.Module taking (B, 1, 28, 28) inputs: parameters written in place",
-             "```", "", "Inputs follow the Fashion-MNIST convention `x = (pixel/255 - 0.2860) / 0.3530`. If the model "
-             "has BatchNorm, recompute its statistics on a few training batches (`bn=\"recalibrate\"`, "
-             "`bn_data=...`).", "", "## Training", "",
-             f"- command: `{state.get('command') or notes.get('command')}`",
-             f"- data: {notes.get('data')}", f"- architectures: {notes.get('zoo')}",
-             f"- steps: {state['step']} x {notes.get('meta_batch')} archs, {notes.get('batch_size')} images per step",
-             f"- code: {state.get('git')}"]
+               evaluation: dict[str, Any] | None, name: str, quality: str | None = None) -> str:
+    """The README.md of a released predictor (YAML front matter for the Hub, then Markdown).
+
+    ``evaluation``: JSON of ``python -m train.evaluate --out`` (image predictors); ``quality``: the Markdown report
+    of ``python -m benchmarks.quality --task lm`` (LM predictors).
+    """
+    notes = ghn.config.notes
+    unit = "images" if ghn.config.task != "lm" else f"windows of {ghn.config.input_shape[0]} tokens"
+    lines = _intro(ghn, name, train_cfg.get("ghn_preset", "?")) + [
+        "", "## Training", "", f"- command: `{state.get('command') or notes.get('command')}`",
+        f"- data: {notes.get('data')}", f"- architectures: {notes.get('zoo')}",
+        f"- steps: {state['step']} x {notes.get('meta_batch')} archs, {notes.get('batch_size')} {unit} per step",
+        f"- code: {state.get('git')}"]
     if summary:
         acc = summary.get("final_train_acc")
         lines += [f"- wall time: {summary['wall_min']:.0f} min on a 2-core CPU; final loss {summary['final_loss']:.3f}"
                   + (f" (training-batch accuracy {acc:.1f} %)" if acc is not None else "")
                   + f"; {summary['skipped']} non-finite steps skipped"]
-        if summary["evals"]:
+        if summary["evals"] and summary.get("eval_metric", "eval_acc") == "eval_acc":
             lines += ["- held-out zero-shot accuracy during training (6 archs, 1,000 test images), GHN / default "
                       "init: " + ", ".join(f"step {s}: {g:.1f} / {d:.1f} %" for s, g, d in summary["evals"])]
+        elif summary["evals"]:
+            lines += [f"- held-out zero-shot validation loss during training ({train_cfg.get('eval_archs', '?')} "
+                      "archs, nats/token), GHN / default init: "
+                      + ", ".join(f"step {s}: {g:.3f} / {d:.3f}" for s, g, d in summary["evals"])]
     if evaluation:
-        s = evaluation["summary"]
-        lines += ["", "## Evaluation: zero-shot on held-out architectures", "",
-                  f"{evaluation['archs']} architectures of the training distribution "
-                  f"({', '.join(evaluation['families'])}"
-                  f"; constraints `{json.dumps(evaluation['constraints'])}`) from model_zoo's **held-out split**, "
-                  "never seen in meta-training. Test accuracy (%) on the "
-                  f"{evaluation['test_images']:,} Fashion-MNIST test images with no training: parameters from "
-                  "`ghn.predict` vs the model's own default (random) initialisation; models with BatchNorm get "
-                  "their statistics recomputed from 20 training batches of 128 images first (both inits).", "",
-                  "| archs | n | GHN (zero-shot) | default init |", "|---|---|---|---|"]
-        for key in ["all"] + [k for k in s if k != "all"]:
-            lines.append(f"| {key} | {s[key]['archs']} | {s[key]['ghn']:.1f} | {s[key]['default']:.1f} |")
-        beats = sum(r["ghn"] > r["default"] for r in evaluation["rows"])
-        lines += ["", f"The GHN init beats the default init on {beats} of {len(evaluation['rows'])} architectures "
-                  f"(best {max(r['ghn'] for r in evaluation['rows']):.1f} %, worst "
-                  f"{min(r['ghn'] for r in evaluation['rows']):.1f} %).", "", "Re-measure:", "", "```bash",
-                  evaluation["command"], "```",
-                  "", "Per-architecture results:", "", "| arch | family | params | GHN | default |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {r['name']} | {r['family']} | {r['params']:,} | {r['ghn']:.1f} | {r['default']:.1f} |"
-                  for r in evaluation["rows"]]
-    lines += ["", "## Configuration", "", "```json", json.dumps(c.to_dict(), indent=1), "```", ""]
+        lines += _zero_shot_section(evaluation)
+    if quality:
+        lines += _quality_section(quality)
+    lines += ["", "## Configuration", "", "```json", json.dumps(ghn.config.to_dict(), indent=1), "```", ""]
     return "\n".join(lines)
 
 
 def release(checkpoint: str | Path, to: str | Path, evaluation: dict[str, Any] | None = None,
-            command: str | None = None, code: str | None = None) -> Path:
+            command: str | None = None, code: str | None = None, quality: str | None = None) -> Path:
     """Copy the GHN of ``checkpoint`` (a run or checkpoint directory) to ``to`` with a model card.
 
     Args:
         evaluation: the JSON of ``python -m train.evaluate --out``.
+        quality: the Markdown report of ``python -m benchmarks.quality --task lm`` (LM predictors).
         command: the training command to record instead of the one the run saw (e.g. with repo-relative paths).
         code: where the training code came from, when the checkpoint's git hash is missing or not the whole story.
     """
@@ -114,7 +154,8 @@ def release(checkpoint: str | Path, to: str | Path, evaluation: dict[str, Any] |
     ghn.save_pretrained(out)
     summary = _training_summary(read_metrics(ckpt.path.parent / METRICS))
     train_cfg = load_yaml(ckpt.path / CONFIG_YAML)
-    atomic_write_text(out / "README.md", model_card(ghn, state, train_cfg, summary, evaluation, out.name))
+    atomic_write_text(out / "README.md", model_card(ghn, state, train_cfg, summary, evaluation, out.name,
+                                                          quality))
     return out
 
 
@@ -123,12 +164,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", help="a run directory (its latest checkpoint) or a checkpoint directory")
     p.add_argument("--to", required=True, help="output directory (Hub layout)")
     p.add_argument("--eval", default=None, help="JSON written by `python -m train.evaluate --out`")
+    p.add_argument("--quality", default=None,
+                   help="Markdown report of `python -m benchmarks.quality --task lm` (LM predictors), e.g. "
+                        "benchmarks/results/quality_lm.md")
     p.add_argument("--command", default=None, help="training command to record (default: the one the run saw)")
     p.add_argument("--code", default=None, help="where the training code came from (default: the run's git hash)")
     args = p.parse_args(argv)
     try:
         evaluation = json.loads(Path(args.eval).read_text()) if args.eval else None
-        print(release(args.checkpoint, args.to, evaluation, args.command, args.code))
+        quality = Path(args.quality).read_text() if args.quality else None
+        print(release(args.checkpoint, args.to, evaluation, args.command, args.code, quality))
     except (GHNError, OSError, json.JSONDecodeError) as e:
         print(f"train.release: error: {e}", file=sys.stderr)
         return 1
