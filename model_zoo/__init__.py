@@ -1,7 +1,8 @@
 """model_zoo: seeded, JSON-serialisable architecture specs for meta-training and evaluating a GHN.
 
 Families (one file each): ``cnn`` (DeepNets-style cells), ``vit`` (timm ViT / Eva / RelPos), ``gpt`` and
-``llama`` (transformers decoders), ``timm`` (any timm model that runs on the input shape), ``mlp``.
+``llama`` (transformers decoders), ``nanolm`` (hand-written decoders), ``timm`` (any timm model that runs on the
+input shape), ``mlp``.
 
 Example:
     >>> from model_zoo import sample_arch, create_arch, list_archs
