@@ -14,7 +14,9 @@ Initialisations: ``ghn`` (``ghn.predict``), ``default`` (the model's own constru
 then each conv/linear layer rescaled in forward order until its output variance on a data batch is 1).
 
 Archs: held-out specs of ``model_zoo`` (``heldout_archs``: never in the training split) from several families,
-a plain user-written CNN, and a timm ResNet-18 (11M parameters: above the zoo's timm size limit, so never sampled).
+and a named real-world set (``REAL_IMAGE_NETS``: timm ResNet-18, RegNetX-200MF, MobileNetV3-Small, EfficientNet-B0,
+ConvNeXt-Atto, DeiT-Tiny and a 4-block MLP-Mixer at 28x28, torchvision ResNet-18 and MobileNetV3-Small with 1-channel stems,
+a plain user-written CNN and LeNet-5).
 Run: ``python -m benchmarks.quality [--quick] [--device cuda]``. Writes ``results/quality.{md,json,png}``
 (``quality_quick.*`` with ``--quick``); ``--task lm`` evaluates the LM predictor (``checkpoints/ghn-fortunes``) and
 writes ``results/quality_lm{_quick}.*``.
@@ -42,7 +44,7 @@ from train.evaluate import BN_BATCH_SIZE, BN_BATCHES, ImageEvalData, accuracy, b
 
 from .common import add_common_args, env_info, ghn_label, load_ghn, md_table, setup, write_results
 
-__all__ = ["PlainCNN", "Arch", "image_archs", "lsuv_", "INIT_NAMES", "evaluate_image_arch", "run", "main"]
+__all__ = ["PlainCNN", "LeNet5", "Arch", "REAL_IMAGE_NETS", "real_image_archs", "image_archs", "lsuv_", "INIT_NAMES", "evaluate_image_arch", "run", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,11 +88,79 @@ def _seeded(make: Callable[[], nn.Module], seed: int) -> Callable[[], nn.Module]
     return build
 
 
+class LeNet5(nn.Module):
+    """LeCun et al. 1998, as users re-type it for 28x28 digits: two tanh conv + avg-pool stages, three linears."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.Tanh(), nn.AvgPool2d(2),
+                                      nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.Tanh(), nn.Linear(120, 84),
+                                        nn.Tanh(), nn.Linear(84, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _timm(name: str, **kw) -> Callable[[], nn.Module]:
+    def make() -> nn.Module:
+        import timm
+        return timm.create_model(name, pretrained=False, in_chans=1, num_classes=10, **kw)
+    return make
+
+
+def _timm_class(cls: str, **kw) -> Callable[[], nn.Module]:
+    """A timm model class with its own hyper-parameters (no registered name has the small size)."""
+    def make() -> nn.Module:
+        import timm.models
+        return getattr(timm.models, cls)(in_chans=1, num_classes=10, **kw)
+    return make
+
+
+def _torchvision(name: str) -> Callable[[], nn.Module]:
+    """A torchvision classifier with its first conv swapped for a 1-channel one (what users do for grey images)."""
+    def make() -> nn.Module:
+        import torchvision
+        model = getattr(torchvision.models, name)(weights=None, num_classes=10)
+        parent, attr = model, "conv1"
+        if not hasattr(model, "conv1"):  # mobilenets / efficientnets: features[0][0]
+            parent, attr = model.features[0], "0"
+        old = getattr(parent, attr)
+        setattr(parent, attr, nn.Conv2d(1, old.out_channels, old.kernel_size, old.stride, old.padding,
+                                        bias=old.bias is not None))
+        return model
+    return make
+
+
+#: the named real-world image set: library and hand-written nets at 1x28x28 / 10 classes; no image training run
+#: samples any of them (the shipped predictor trains on the cnn/vit/mlp zoo families, never the timm family)
+REAL_IMAGE_NETS: dict[str, tuple[str, Callable[[], nn.Module]]] = {
+    "timm_resnet18": ("timm", _timm("resnet18")),
+    "timm_regnetx_002": ("timm", _timm("regnetx_002")),
+    "timm_mobilenetv3_small_050": ("timm", _timm("mobilenetv3_small_050")),  # depthwise, SE, hard-swish
+    "timm_efficientnet_b0": ("timm", _timm("efficientnet_b0")),
+    "timm_convnext_atto": ("timm", _timm("convnext_atto", patch_size=1)),  # 1x1 stem: 28x28 keeps 4 stages
+    "timm_deit_tiny": ("timm", _timm("deit_tiny_patch16_224", img_size=28, patch_size=4)),
+    "timm_mixer_p4_d4": ("timm", _timm_class("MlpMixer", img_size=28, patch_size=4, num_blocks=4, embed_dim=128)),
+    "torchvision_resnet18": ("torchvision", _torchvision("resnet18")),
+    "torchvision_mobilenet_v3_small": ("torchvision", _torchvision("mobilenet_v3_small")),
+    "plain_cnn": ("user", PlainCNN),
+    "lenet5": ("user", LeNet5),
+}
+
+
+def real_image_archs(seed: int = 0) -> list[Arch]:
+    """The named real-world set (:data:`REAL_IMAGE_NETS`), each built with its default init seeded by ``seed``."""
+    return [Arch(name, family, _seeded(make, seed), "real-world net, never sampled in meta-training")
+            for name, (family, make) in REAL_IMAGE_NETS.items()]
+
+
 def image_archs(quick: bool = False, n_zoo: int = 6, seed: int = 0) -> list[Arch]:
     """Held-out image archs, all 1x28x28 / 10 classes.
 
-    Zoo held-out specs (cnn, vit, mlp at the families' default sizes, up to 500k parameters, so larger than
-    ``train.config.max_params``; and one timm arch), a plain user-written CNN, and timm's ResNet-18.
+    Quick: 2 zoo held-out specs (vit, mlp) and the plain user-written CNN. Full: ``n_zoo`` zoo held-out specs
+    (cnn, vit, mlp at the families' default sizes, up to 500k parameters, so larger than the training limit) and
+    the named real-world set :func:`real_image_archs`.
     """
     from model_zoo import heldout_archs
 
@@ -98,18 +168,9 @@ def image_archs(quick: bool = False, n_zoo: int = 6, seed: int = 0) -> list[Arch
     zoo = heldout_archs(2 if quick else n_zoo, seed=seed, families=families)
     archs = [Arch(name, spec.family, spec.build, "model_zoo held-out split", spec.to_dict()) for name, spec in
              zoo.items()]
-    archs.append(Arch("plain_cnn", "user", _seeded(PlainCNN, seed), "user-written, not a zoo family"))
-    if not quick:
-        import timm
-
-        # timm is a zoo family the image GHN is not meta-trained on (train.config: cnn, vit, mlp)
-        for name, spec in heldout_archs(1, seed=seed, families=("timm",), max_params=1_000_000).items():
-            archs.append(Arch(name, "timm", spec.build, "held-out split of a family outside meta-training",
-                              spec.to_dict()))
-        archs.append(Arch("timm_resnet18", "timm", _seeded(lambda: timm.create_model(
-            "resnet18", pretrained=False, in_chans=1, num_classes=10), seed),
-            "timm model above the zoo's timm size limit (never sampled)"))
-    return archs
+    if quick:
+        return archs + [Arch("plain_cnn", "user", _seeded(PlainCNN, seed), "user-written, not a zoo family")]
+    return archs + real_image_archs(seed)
 
 
 # ---- initialisations ------------------------------------------------------------------------------------------
@@ -242,7 +303,8 @@ def run(ghn: GHN, device: torch.device, quick: bool = False, inits: tuple[str, .
                               "momentum": MOMENTUM, "batch": BATCH, "bn_batches": BN_BATCHES,
                               "bn_batch": BN_BATCH_SIZE, "seed": seed}, "image": {}}
     for arch in archs if archs is not None else image_archs(quick, seed=seed):
-        row: dict = {"family": arch.family, "heldout": arch.heldout, "spec": arch.spec, "inits": {}}
+        row: dict = {"family": arch.family, "set": "zoo" if arch.spec is not None else "real",
+                     "heldout": arch.heldout, "spec": arch.spec, "inits": {}}
         for name in inits:
             t = time.perf_counter()
             model, info = init_model(name, arch, ghn, device, example, lsuv_batch)
@@ -271,6 +333,13 @@ def summarize(res: dict) -> dict:
         wins = [r["inits"]["ghn"]["acc"][early] - r["inits"]["default"]["acc"][early] >= 5 for r in image.values()]
         out["early_step"] = early
         out["ghn_beats_default_by_5_at_early_step"] = sum(wins) / len(wins)
+        out["sets"] = {}
+        for name in dict.fromkeys(r.get("set", "zoo") for r in image.values()):
+            rows = [r for r in image.values() if r.get("set", "zoo") == name]
+            gap = {s: [r["inits"]["ghn"]["acc"][s] - r["inits"]["default"]["acc"][s] for r in rows] for s in steps}
+            out["sets"][name] = {"n": len(rows), "zero_shot_ghn_mean": statistics.fmean(
+                r["inits"]["ghn"]["acc"][0] for r in rows), "frac_beats_by_5_at_early_step": sum(
+                g >= 5 for g in gap[early]) / len(rows), "worst_gap_at_last_step": min(gap[max(steps)])}
     return out
 
 
@@ -308,6 +377,11 @@ def to_markdown(res: dict, label: str, env: dict) -> str:
             f = s["ghn_beats_default_by_5_at_early_step"]
             parts.append(f"- After {s['early_step']} steps, GHN init ≥ default init + 5 points on {100 * f:.0f} % of "
                          f"the archs (goal ≥ 90 %): {'met' if f >= 0.9 else 'MISSED'}")
+        for name, v in s.get("sets", {}).items():
+            parts.append(f"- {name} set ({v['n']} archs): zero-shot mean {v['zero_shot_ghn_mean']:.1f} %, ≥ default "
+                         f"+ 5 points after {s['early_step']} steps on {100 * v['frac_beats_by_5_at_early_step']:.0f} "
+                         f"%, worst GHN − default after {max(steps)} steps {v['worst_gap_at_last_step']:+.1f} points "
+                         "(goal ≥ −1)")
     return "\n".join(parts)
 
 

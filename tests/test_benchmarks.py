@@ -124,13 +124,28 @@ def test_image_report(tmp_path):
     acc = {"acc": {0: 10.0, 2: 20.0}, "loss": {}, "diverged": False}
     res = {"protocol": {"eval_steps": [0, 2], "test_images": 50, "lr": 0.05, "momentum": 0.9, "batch": 64,
                         "bn_batches": 20, "bn_batch": 128},
-           "image": {"a": {"family": "user", "params": 10, "inits": {"ghn": {**acc, "coverage": 1.0},
-                                                                      "default": acc}}}}
+           "image": {"a": {"family": "user", "set": "real", "params": 10,
+                           "inits": {"ghn": {**acc, "coverage": 1.0}, "default": acc}},
+                     "z": {"family": "mlp", "set": "zoo", "params": 10,
+                           "inits": {"ghn": {"acc": {0: 30.0, 2: 40.0}}, "default": acc}}}}
     res["summary"] = quality.summarize(res)
-    assert res["summary"]["zero_shot_ghn_mean"] == 10.0
+    assert res["summary"]["zero_shot_ghn_mean"] == 20.0
+    sets = res["summary"]["sets"]
+    assert sets["real"]["zero_shot_ghn_mean"] == 10.0 and sets["real"]["frac_beats_by_5_at_early_step"] == 0
+    assert sets["zoo"]["frac_beats_by_5_at_early_step"] == 1 and sets["zoo"]["worst_gap_at_last_step"] == 20.0
     assert "MISSED" in quality.to_markdown(res, "tiny", {"device": "cpu"})
     quality.plot(res, tmp_path / "q.png")
     assert (tmp_path / "q.png").stat().st_size > 1000
+
+
+def test_real_world_image_set_is_named_and_fully_predicted(ghn):
+    archs = quality.real_image_archs()
+    assert len(archs) >= 10 and {a.family for a in archs} == {"timm", "torchvision", "user"}
+    for a in archs:
+        if a.name in ("lenet5", "timm_mixer_p4_d4", "torchvision_mobilenet_v3_small"):
+            model = a.build()
+            assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+            assert ghn.predict_params(model, torch.randn(2, 1, 28, 28)).coverage.fraction == 1.0
 
 
 # ---- quality, language models -----------------------------------------------------------------------------------
