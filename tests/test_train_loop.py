@@ -243,3 +243,16 @@ def test_release_writes_hub_layout_with_a_model_card(reference, tmp_path):
     assert "tiny_cpu.yaml" in card and "| all | 2 | 31.5 | 9.5 |" in card and "beats the default init on 2 of 2" in card
     assert "python -m train.evaluate --archs 2" in card
     assert GHN.from_pretrained(tmp_path / "ghn-x").config.trained
+
+
+def test_curves_draw_bits_per_token(tmp_path, monkeypatch):
+    import matplotlib.axes
+    from train.plot import plot_curves
+    labels = []
+    original = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, *a, **kw: labels.append(kw.get("label")) or original(self, *a, **kw))
+    records = [{"step": s, "loss": 3.0 - s / 10, "task_loss": 3.0, "bits_per_token": 4.0 - s / 10, "lr": 1e-3,
+                "grad_norm": 1.0} for s in range(1, 4)]
+    out = plot_curves(records, tmp_path / "c.png")
+    assert out.stat().st_size > 1000 and "train bits/token" in labels and "train bits/byte" not in labels

@@ -22,7 +22,7 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[list[int], list[fl
 def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
     """Plot losses, the training-batch metric, held-out evaluation and the learning rate; write ``path``.
 
-    Panels: (1) loss and task loss (log scale), (2) accuracy on the training batch / bits per byte, with the
+    Panels: (1) loss and task loss (log scale), (2) accuracy on the training batch / bits per byte (or token), with the
     zero-shot held-out metric of predicted vs default init when evaluated, (3) learning rate and gradient norm.
     The file is written to a temporary name and renamed, so readers never see a partial PNG.
     """
@@ -35,6 +35,7 @@ def plot_curves(records: list[dict[str, Any]], path: str | Path) -> Path:
     ax.set_title("meta-training loss")
     ax = axes[1]
     for key, label in (("acc", "train-batch acc (%)"), ("bits_per_byte", "train bits/byte"),
+                       ("bits_per_token", "train bits/token"),
                        ("eval_acc_ghn", "held-out zero-shot acc, GHN (%)"),
                        ("eval_acc_default", "held-out zero-shot acc, default init (%)"),
                        ("eval_loss_ghn", "held-out val loss, GHN"),
