@@ -22,12 +22,13 @@ import difflib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 import torch
 import torch.nn as nn
 
 from .errors import ConfigError, GHNError
+from .prediction import init_empty_weights
 
 __all__ = ["SOURCES", "load_model"]
 
@@ -52,7 +53,8 @@ def load_model(spec: str, kwargs: dict[str, Any], meta: bool = False) -> nn.Modu
     Args:
         spec: source prefix and name.
         kwargs: constructor keywords (timm, torchvision) or config fields (hf).
-        meta: build on the ``meta`` device (no weight memory).
+        meta: parameters on the ``meta`` device (no weight memory), buffers computed for real
+            (:func:`ghn.prediction.init_empty_weights`), so ``GHN.predict`` materialises exactly a CPU build.
 
     Raises:
         ConfigError: unknown source, name or keyword (with close matches), or a model that cannot be built.
@@ -63,7 +65,7 @@ def load_model(spec: str, kwargs: dict[str, Any], meta: bool = False) -> nn.Modu
     if source not in SOURCES:
         raise ConfigError(f"unknown model source {source!r} in {spec!r}; use timm:, torchvision: or hf:")
     try:
-        return _build(source, name, kwargs, torch.device("meta") if meta else torch.device("cpu"))
+        return _build(source, name, kwargs, init_empty_weights() if meta else torch.device("cpu"))
     except GHNError:
         raise
     except ImportError as e:  # some transformers models need an extra package
@@ -73,7 +75,7 @@ def load_model(spec: str, kwargs: dict[str, Any], meta: bool = False) -> nn.Modu
                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
 
 
-def _build(source: str, name: str, kwargs: dict, device: torch.device) -> nn.Module:
+def _build(source: str, name: str, kwargs: dict, device: ContextManager) -> nn.Module:
     if source == "timm":
         import timm
         if not timm.is_model(name):

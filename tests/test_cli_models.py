@@ -188,7 +188,9 @@ def test_progress_lines_unless_quiet(ghn_dir, tmp_path, capsys):
 
 def test_help_shows_defaults():
     text = " ".join(build_parser().format_help().split())  # the wrapping depends on the terminal width
-    assert "(default: 5GB)" in text and "(default: ghn-fmnist)" in text and "(default: cpu)" in text
+    assert "(default: 5GB)" in text and "(default: cpu)" in text
+    assert "(default: the shipped predictor of the model's task: ghn-fortunes for language models, ghn-fmnist " \
+           "otherwise)" in text
     assert "hf:t5" in text  # the examples survive the formatter
 
 
