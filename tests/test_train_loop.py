@@ -256,3 +256,31 @@ def test_curves_draw_bits_per_token(tmp_path, monkeypatch):
                 "grad_norm": 1.0} for s in range(1, 4)]
     out = plot_curves(records, tmp_path / "c.png")
     assert out.stat().st_size > 1000 and "train bits/token" in labels and "train bits/byte" not in labels
+
+
+# ---- the arch pool (train/pool.py) --------------------------------------------------------------------------------
+def test_pool_positions_follow_the_refresh_rule():
+    from model_zoo import ArchDataset
+    from train.pool import ArchPool
+    pool = ArchPool(ArchDataset(families=("mlp",)), size=5, refresh=2, meta_batch=3)
+    slots = list(range(5))  # simulate: refresh q puts stream item 5 + q into slot q % 5, 2 per completed step
+    for step in range(12):
+        assert [pool.position(s, step) for s in range(5)] == slots, step
+        for q in range(step * 2, step * 2 + 2):
+            slots[q % 5] = 5 + q
+    fixed = ArchPool(ArchDataset(families=("mlp",)), size=4, refresh=0, meta_batch=2)
+    assert {fixed.position(s, 1000) for s in range(4)} == {0, 1, 2, 3}
+    with pytest.raises(ConfigError, match="arch_pool"):
+        ArchPool(ArchDataset(families=("mlp",)), size=2, refresh=0, meta_batch=3)
+
+
+def test_pool_run_reuses_archs_and_resumes_bit_exact(tmp_path):
+    pooled = dict(arch_pool=4, pool_refresh=1, steps=6, ckpt_every=3)
+    full = train(_tiny(out=str(tmp_path / "full"), **pooled))
+    assert full["skipped"] == 0
+    # 6 steps x 2 archs drawn from a pool of 4 that took in one new arch per step: at most 4 + 5 distinct archs
+    assert load_checkpoint(tmp_path / "full").state["arch_stream"][0]["position"] == 4 + 6 * 1
+    train(_tiny(out=str(tmp_path / "resumed"), resume=str(tmp_path / "full" / "ckpt-0000003"), **pooled))
+    _assert_same(_weights(tmp_path / "resumed" / "ckpt-0000006"), _weights(tmp_path / "full" / "ckpt-0000006"))
+    with pytest.raises(ConfigError, match="workers"):
+        _tiny(arch_pool=4, workers=1)

@@ -76,6 +76,9 @@ class TrainConfig:
     max_params: int = _f(100_000, "Zoo", "largest sampled arch (parameters)")
     zoo_constraints: dict = _f({}, "Zoo", "extra sampler constraints, e.g. '{max_depth: 4}' (YAML/JSON)")
     graph_cache: str | None = _f(None, "Zoo", "directory of the on-disk graph cache (shared across runs)")
+    arch_pool: int = _f(0, "Zoo", "0: every step samples fresh archs; N: draw each step's archs from a pool of N whose "
+                        "graphs and modules are cached (train/pool.py)")
+    pool_refresh: int = _f(1, "Zoo", "with arch_pool: pool archs replaced by fresh ones per step (0: a fixed pool)")
     # ---- GHN -------------------------------------------------------------------------------------------------------
     ghn_preset: str = _f("small", "GHN", "GHNConfig preset: tiny, small or base")
     ghn_overrides: dict = _f({}, "GHN", "GHNConfig fields to override, e.g. '{num_layers: 2}' (YAML/JSON)")
@@ -106,7 +109,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("keep_checkpoints", "threads", "workers", "warmup_steps", "eval_every", "eval_archs",
-                     "weight_decay", "grad_clip", "gamma", "loss_clip"):
+                     "weight_decay", "grad_clip", "gamma", "loss_clip", "arch_pool", "pool_refresh"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0 or not 0 <= self.min_lr_ratio <= 1:
@@ -114,6 +117,11 @@ class TrainConfig:
                               f"min_lr_ratio={self.min_lr_ratio}")
         if self.task not in ("image", "lm"):
             raise ConfigError(f"task must be 'image' or 'lm', got {self.task!r}")
+        if self.arch_pool and (self.arch_pool < self.meta_batch or self.pool_refresh > self.arch_pool):
+            raise ConfigError(f"arch_pool must be >= meta_batch ({self.meta_batch}) and pool_refresh <= arch_pool; "
+                              f"got arch_pool={self.arch_pool}, pool_refresh={self.pool_refresh}")
+        if self.arch_pool and self.workers:
+            raise ConfigError("arch_pool builds the few new graphs in the prefetch thread; set workers: 0")
         self._validate_data()
         if not self.families:
             raise ConfigError("families is empty; name at least one model_zoo family, e.g. families: [cnn, mlp]")
@@ -121,7 +129,7 @@ class TrainConfig:
         if wrong:
             # One shared data batch per step means one task per run.
             raise ConfigError(f"families {wrong} do not fit task {self.task!r} (image: cnn, vit, mlp, timm; "
-                              "lm: gpt, llama)")
+                              "lm: gpt, llama, nanolm)")
         self._validate_zoo_constraints()
 
     def _validate_zoo_constraints(self) -> None:

@@ -3,7 +3,8 @@
 One step, on every rank:
 
 1. take the step's meta-batch of ``M`` archs (sampled from model_zoo's training split, graphs built ahead of time
-   by the prefetch thread or DataLoader workers) and the step's shared data batch ``(x, y)``;
+   by the prefetch thread or DataLoader workers; or, with ``arch_pool``, drawn from a pool of archs whose graphs and
+   modules are cached, :mod:`train.pool`) and the step's shared data batch ``(x, y)``;
 2. predict all their parameters at once: ``preds = ghn(graphs)`` (differentiable, no copies into modules);
 3. run each arch on ``x`` with its predicted parameters via ``torch.func.functional_call``;
 4. ``loss = mean_a task_loss_a + gamma * mean_a sum_W ||W||_F`` (GHN-3's penalty keeps predictions small);
@@ -40,6 +41,7 @@ from .config import TrainConfig
 from .datasets import ImageSource, TextSource
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, init_distributed, shutdown
 from .metrics import MetricsLog
+from .pool import ArchPool
 from .prefetch import Prefetcher
 from .tasks import Task, make_task, zoo_constraints
 
@@ -90,6 +92,8 @@ class StepInputs:
     samples: list  # model_zoo.ArchSample (spec + graph)
     x: torch.Tensor
     y: torch.Tensor
+    arch_state: dict  # the arch stream's state once this step has run (for the checkpoint)
+    step: int
 
 
 @dataclass
@@ -162,12 +166,17 @@ def _train(cfg: TrainConfig, info: DistInfo, command: str | None, data: ImageSou
         start, arch_state = _restore(ckpt, ghn, opt, sched, counters, cfg, info)
     ghn.train()
 
-    archs = _arch_iterator(cfg, info, arch_state, task)
+    stream = _arch_dataset(cfg, info, arch_state, task)
+    pool = ArchPool(stream, cfg.arch_pool, cfg.pool_refresh, cfg.meta_batch, cfg.seed, info.rank) \
+        if cfg.arch_pool else None
+    archs = _arch_iterator(cfg, stream) if pool is None else None
 
     def prepare(step: int) -> StepInputs:
-        samples = [next(archs) for _ in range(cfg.meta_batch)]
         x, y = task.batch(step)
-        return StepInputs(samples, x, y)
+        if pool is not None:
+            return StepInputs(pool.draw(step), x, y, pool.stream_state(step), step)
+        samples = [next(archs) for _ in range(cfg.meta_batch)]
+        return StepInputs(samples, x, y, samples[-1].state, step)
 
     predictor: nn.Module = Predictor(ghn, cfg.amp)
     if info.distributed:
@@ -197,9 +206,9 @@ def _train(cfg: TrainConfig, info: DistInfo, command: str | None, data: ImageSou
             inp = first if step == start else prefetch.get(step)
             t_data = time.perf_counter() - t0
             lr = opt.param_groups[0]["lr"]  # the rate this step uses (logged before the schedule moves on)
-            stats = _step(predictor, ghn, task, inp, opt, cfg, info, counters)
+            stats = _step(predictor, ghn, task, inp, opt, cfg, info, counters, pool)
             sched.step()
-            arch_pos = inp.samples[-1].state  # the stream position right after this step's archs
+            arch_pos = inp.arch_state  # the stream position right after this step's archs
             counters.add(**stats, data_wait_s=t_data)
             busy += time.perf_counter() - t0
             n_window += 1
@@ -226,13 +235,14 @@ def _train(cfg: TrainConfig, info: DistInfo, command: str | None, data: ImageSou
 
 
 def _step(predictor: nn.Module, ghn: GHN, task: Task, inp: StepInputs, opt: torch.optim.Optimizer,
-          cfg: TrainConfig, info: DistInfo, counters: Counters) -> dict[str, float]:
+          cfg: TrainConfig, info: DistInfo, counters: Counters, pool: ArchPool | None = None) -> dict[str, float]:
     """One meta-training step (see the module docstring); returns the rank-averaged losses and metrics."""
     dev = info.device
     x, y = inp.x.to(dev, non_blocking=True), inp.y.to(dev, non_blocking=True)
     # Modules are built here, not in the prefetch thread: their seeded init forks the global RNG, which must not
     # interleave with this thread's use of it (dropout), or runs would stop being reproducible.
-    models = [s.spec.build(device=dev).train() for s in inp.samples]
+    models = [pool.model(s, dev, inp.step) if pool is not None else s.spec.build(device=dev).train()
+              for s in inp.samples]
     preds = predictor([s.graph for s in inp.samples])
     task_losses, regs, extra = [], [], {}
     for model, params in zip(models, preds):
@@ -279,8 +289,9 @@ def _step(predictor: nn.Module, ghn: GHN, task: Task, inp: StepInputs, opt: torc
     return {"loss": mean[0], "task_loss": mean[1], "reg": mean[2], "grad_norm": grad_norm, **extra}
 
 
-def _arch_iterator(cfg: TrainConfig, info: DistInfo, state: list[dict] | None, task: Task) -> Iterator:
-    """This rank's stream of training archs, positioned where the checkpoint left it."""
+def _arch_dataset(cfg: TrainConfig, info: DistInfo, state: list[dict] | None, task: Task):
+    """This rank's stream of training archs (a ``model_zoo.ArchDataset``), positioned where the checkpoint left
+    it."""
     from model_zoo import ArchDataset
 
     ds = ArchDataset(families=tuple(cfg.families), split="train", seed=cfg.seed,
@@ -288,6 +299,11 @@ def _arch_iterator(cfg: TrainConfig, info: DistInfo, state: list[dict] | None, t
                      world_size=info.world_size)
     if state is not None:
         ds.load_state_dict(state[info.rank])
+    return ds
+
+
+def _arch_iterator(cfg: TrainConfig, ds) -> Iterator:
+    """Iterate ``ds`` in this thread, or through ``cfg.workers`` DataLoader processes."""
     if cfg.workers == 0:
         return iter(ds)
     # Created here, in the main thread, so worker processes are forked before the prefetch thread starts.
