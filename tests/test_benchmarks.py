@@ -193,3 +193,10 @@ def test_image_data_loader():
     data, train_y = quality.load_image_data(torch.device("cpu"), test_images=100)
     assert data.test_x.shape == (100, 1, 28, 28) and len(train_y) == len(data.train_x) == 60_000
     assert abs(float(data.test_x.mean())) < 0.5  # normalised
+
+
+def test_train_step_phases():
+    from benchmarks.train_step import PHASES, time_steps
+    r = time_steps("train/configs/tiny_cpu.yaml", torch.device("cpu"), steps=2, warmup=1, pool=4)
+    assert set(r["seconds"]) == set(PHASES) and all(v >= 0 for v in r["seconds"].values())
+    assert r["archs_per_s"] > 0 and r["archs_per_s_overlapped"] >= r["archs_per_s"]

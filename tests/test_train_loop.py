@@ -270,6 +270,13 @@ def test_pool_positions_follow_the_refresh_rule():
             slots[q % 5] = 5 + q
     fixed = ArchPool(ArchDataset(families=("mlp",)), size=4, refresh=0, meta_batch=2)
     assert {fixed.position(s, 1000) for s in range(4)} == {0, 1, 2, 3}
+    built = []
+    fixed.ds.sample_at = lambda n, f=fixed.ds.sample_at: built.append(n) or f(n)
+    fixed.fill(0, "cpu")
+    assert sorted(built) == [0, 1, 2, 3]
+    drawn = fixed.draw(7)  # a fixed pool: every draw is served from the cache
+    assert sorted(built) == [0, 1, 2, 3] and len({s.index for s in drawn}) == 2
+    assert fixed.model(drawn[0], "cpu", 7) is fixed.model(drawn[0], "cpu", 8)
     with pytest.raises(ConfigError, match="arch_pool"):
         ArchPool(ArchDataset(families=("mlp",)), size=2, refresh=0, meta_batch=3)
 

@@ -69,6 +69,17 @@ class ArchPool:
         self._samples = self._current(self._samples, step)
         return [self._samples[n] for n in positions]
 
+    def fill(self, step: int, device: Any = None) -> None:
+        """Build every slot's graph (and module, on ``device`` when given) as of ``step`` now, rather than on first
+        draw: the pool's steady state, for timing it."""
+        for slot in range(self.size):
+            n = self.position(slot, step)
+            if n not in self._samples:
+                self._samples[n] = self.ds.sample_at(n)
+            sample = self._samples[n]
+            if device is not None:
+                self.model(sample, device, step)
+
     def model(self, sample: ArchSample, device: Any, step: int) -> nn.Module:
         """``sample``'s module (seeded default init, train mode) for step ``step``, built once and reused while it
         is in the pool (modules of archs the pool has replaced by then are dropped).
