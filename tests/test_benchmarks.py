@@ -200,3 +200,18 @@ def test_train_step_phases():
     r = time_steps("train/configs/tiny_cpu.yaml", torch.device("cpu"), steps=2, warmup=1, pool=4)
     assert set(r["seconds"]) == set(PHASES) and all(v >= 0 for v in r["seconds"].values())
     assert r["archs_per_s"] > 0 and r["archs_per_s_overlapped"] >= r["archs_per_s"]
+
+
+def test_trainability_diagnostics_see_depth_and_rank():
+    from benchmarks.trainability import diagnose, effective_rank
+    assert effective_rank(torch.eye(6)) == 1.0 and effective_rank(torch.ones(6, 4)) == 0.25
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    model = tiny_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    d = diagnose(model, x, y)
+    assert d["layers"] == 2 and len(d["act"]) == 3 and d["loss"] > 0 and d["loss_after_step"] > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # left as it was
+    with torch.no_grad():
+        model[-1].weight.mul_(100)  # a head 100x too large: its output std and the loss grow
+    assert diagnose(model, x, y)["act"][-1] > 50 * d["act"][-1]

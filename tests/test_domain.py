@@ -101,3 +101,16 @@ def test_predict_without_inputs_uses_the_ghns_training_shape():
     # a timm model declares 3x224x224 but runs on the GHN's 3x16x16: traced at the training shape, no warning
     _silent(lambda: _ghn(task="image", input_shape=[3, 16, 16], num_classes=3).predict(
         timm.create_model("resnet18", in_chans=3, num_classes=3)))
+
+
+def test_the_shipped_predictors_know_their_domains():
+    """The two shipped predictors: each warns on the other's kind of model, naming the other; in domain, silent."""
+    from model_zoo import sample_arch
+    image, lm = GHN.from_pretrained("ghn-fmnist"), GHN.from_pretrained("ghn-fortunes")
+    assert (image.config.task, lm.config.task, lm.config.vocab_size) == ("image", "lm", 256)
+    with pytest.warns(DomainWarning, match=r"language model.*ghn-fortunes"):
+        image.predict_params(tiny_gpt2())
+    with pytest.warns(DomainWarning, match=r"image model.*ghn-fmnist"):
+        lm.predict(_cnn(), torch.randn(2, 1, 28, 28))
+    _silent(lambda: lm.predict(sample_arch("nanolm", seed=0, max_params=50_000).build()))
+    _silent(lambda: image.predict(_cnn(), torch.randn(2, 1, 28, 28)))
