@@ -15,7 +15,7 @@ import torch
 
 from ghn import GHN, GHNConfig
 
-__all__ = ["RESULTS_DIR", "DEFAULT_GHN", "add_common_args", "setup", "load_ghn", "ghn_label", "sync", "timed",
+__all__ = ["RESULTS_DIR", "DEFAULT_GHN", "add_common_args", "setup", "load_ghn", "ghn_label", "seeded", "sync", "timed",
            "median_time", "env_info", "write_results", "md_table", "fmt"]
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -59,6 +59,16 @@ def ghn_label(ghn: GHN, name: str) -> str:
     n = sum(p.numel() for p in ghn.parameters())
     state = "trained" if ghn.config.trained else "UNTRAINED"
     return f"{name if Path(name).is_dir() or name != DEFAULT_GHN else 'untrained small GHN'} ({state}, {n:,} params)"
+
+
+def seeded(make: Callable[[], Any], seed: int) -> Callable[[], Any]:
+    """``make`` wrapped so that every call builds under ``torch.manual_seed(seed)`` (the default init of a model,
+    reproducibly) without touching the caller's RNG state."""
+    def build() -> Any:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return make()
+    return build
 
 
 def sync(device: torch.device | str) -> None:

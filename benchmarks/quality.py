@@ -42,7 +42,7 @@ from ghn import GHN
 from train.data import stream_seed
 from train.evaluate import BN_BATCH_SIZE, BN_BATCHES, ImageEvalData, accuracy, bn_batches, zero_shot_accuracy
 
-from .common import add_common_args, env_info, ghn_label, load_ghn, md_table, setup, write_results
+from .common import add_common_args, env_info, ghn_label, load_ghn, md_table, seeded, setup, write_results
 
 __all__ = ["PlainCNN", "LeNet5", "Arch", "REAL_IMAGE_NETS", "real_image_archs", "image_archs", "lsuv_", "INIT_NAMES", "evaluate_image_arch", "run", "main"]
 
@@ -78,14 +78,6 @@ class Arch:
     build: Callable[[], nn.Module]
     heldout: str  # why the GHN never saw it in meta-training
     spec: dict | None = None  # model_zoo spec (JSON) when it comes from the zoo
-
-
-def _seeded(make: Callable[[], nn.Module], seed: int) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return make()
-    return build
 
 
 class LeNet5(nn.Module):
@@ -151,7 +143,7 @@ REAL_IMAGE_NETS: dict[str, tuple[str, Callable[[], nn.Module]]] = {
 
 def real_image_archs(seed: int = 0) -> list[Arch]:
     """The named real-world set (:data:`REAL_IMAGE_NETS`), each built with its default init seeded by ``seed``."""
-    return [Arch(name, family, _seeded(make, seed), "real-world net, never sampled in meta-training")
+    return [Arch(name, family, seeded(make, seed), "real-world net, never sampled in meta-training")
             for name, (family, make) in REAL_IMAGE_NETS.items()]
 
 
@@ -169,7 +161,7 @@ def image_archs(quick: bool = False, n_zoo: int = 6, seed: int = 0) -> list[Arch
     archs = [Arch(name, spec.family, spec.build, "model_zoo held-out split", spec.to_dict()) for name, spec in
              zoo.items()]
     if quick:
-        return archs + [Arch("plain_cnn", "user", _seeded(PlainCNN, seed), "user-written, not a zoo family")]
+        return archs + [Arch("plain_cnn", "user", seeded(PlainCNN, seed), "user-written, not a zoo family")]
     return archs + real_image_archs(seed)
 
 

@@ -35,7 +35,7 @@ from ghn import GHN
 from train.data import VAL_FRACTION, fortunes_bytes, stream_seed
 from train.evaluate import lm_loss
 
-from .common import md_table
+from .common import md_table, seeded
 
 __all__ = ["LMArch", "TorchTransformerLM", "zoo_lms", "real_lms", "evaluate_lm_arch", "run", "summarize",
            "to_markdown", "plot", "LR", "BATCH", "SEQ_LEN", "PPL_GAIN", "FRACTION"]
@@ -81,14 +81,6 @@ class TorchTransformerLM(nn.Module):
         return self.head(self.norm(self.encoder(x, mask=mask, is_causal=True)))
 
 
-def _seeded(make: Callable[[], nn.Module], seed: int) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return make()
-    return build
-
-
 def _hf(config_cls: str, **kw) -> Callable[[], nn.Module]:
     def make() -> nn.Module:
         import transformers
@@ -117,7 +109,7 @@ def real_lms(seed: int = 0) -> list[LMArch]:
                                         rotary_pct=0.25)),
         "torch_transformer": ("user", TorchTransformerLM),
     }
-    return [LMArch(name, "real", fam, _seeded(make, seed)) for name, (fam, make) in makers.items()]
+    return [LMArch(name, "real", fam, seeded(make, seed)) for name, (fam, make) in makers.items()]
 
 
 def zoo_lms(n: int = 21, seed: int = 0) -> list[LMArch]:
