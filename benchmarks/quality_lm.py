@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 LR, BATCH, SEQ_LEN = 1e-3, 16, 64  # fine-tuning protocol: AdamW, 16 windows of 64 bytes
 PPL_GAIN, FRACTION = 0.20, 0.90  # goal: >= 20 % lower perplexity after 100 steps on >= 90 % of the nets
-#: the constraints train/configs/fortunes_lm.yaml samples under (the zoo set is drawn from its held-out split)
+#: the constraints of train/configs/fortunes_lm.yaml (its first stage; the zoo set is drawn from their held-out split)
 ZOO_CONSTRAINTS = dict(max_params=200_000, max_depth=4)
 ZOO_FAMILIES = ("gpt", "llama", "nanolm")
 
