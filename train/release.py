@@ -32,9 +32,13 @@ def _training_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     if not train:
         return {}
     last = train[-1]
+    # time between consecutive records, leaving out pauses (a run stopped and resumed later: > 10x the median)
+    gaps = sorted(b["time"] - a["time"] for a, b in zip(train, train[1:]))
+    median = gaps[len(gaps) // 2] if gaps else 0.0
+    busy = sum(g for g in gaps if g <= 10 * median)
     # the first record's time is stamped after its log_every steps; extrapolate back to step 0
-    per_step = (last["time"] - train[0]["time"]) / max(1, last["step"] - train[0]["step"])
-    return {"wall_min": (last["time"] - train[0]["time"] + per_step * train[0]["step"]) / 60,
+    per_step = busy / max(1, last["step"] - train[0]["step"])
+    return {"wall_min": (busy + per_step * train[0]["step"]) / 60,
             "final_loss": last["loss"], "final_train_acc": last.get("acc"), "skipped": last.get("skipped", 0),
             "eval_metric": key, "evals": [(r["step"], r[f"{key}_ghn"], r[f"{key}_default"]) for r in evals]}
 
