@@ -39,7 +39,9 @@ from torch import nn
 from ghn import GHN, GHNConfig, build_graph
 from ghn.decoder import balance_gradients
 
-from .common import RESULTS_DIR, env_info, md_table, write_results
+from train.tasks import logits_of
+
+from .common import RESULTS_DIR, as_matrix, effective_rank, env_info, md_table, write_results
 
 __all__ = ["CASES", "Case", "run_case", "effective_rank", "main"]
 
@@ -135,10 +137,6 @@ class _Data:
         return sum(lm_loss(model, self.val, LM_SEQ_LEN, windows=64, seed=s) for s in range(4)) / 4
 
 
-def _logits(out: Any) -> torch.Tensor:
-    return out.logits if hasattr(out, "logits") else out
-
-
 # ---- the two runs --------------------------------------------------------------------------------------------------
 def train_direct(case: Case, data: _Data, steps: int, lr: float, seed: int) -> tuple[nn.Module, list[float]]:
     torch.manual_seed(seed)
@@ -148,7 +146,7 @@ def train_direct(case: Case, data: _Data, steps: int, lr: float, seed: int) -> t
     losses = []
     for step in range(steps):
         x, y = data.stream.batch(step)
-        loss = data.loss(_logits(model(x)), y)
+        loss = data.loss(logits_of(model(x)), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -185,29 +183,15 @@ def train_ghn(case: Case, data: _Data, steps: int, lr: float, seed: int, ghn_con
     return model, ghn, losses
 
 
-# ---- effective rank ---------------------------------------------------------------------------------------------
-def _as_matrix(w: torch.Tensor) -> torch.Tensor:
-    """``(rows, rest)``: leading singleton dims dropped first (a ``(1, n, d)`` pos_embed is an ``n × d`` matrix)."""
-    w = w.detach().float()
-    while w.ndim > 2 and w.shape[0] == 1:
-        w = w[0]
-    return w.reshape(w.shape[0], -1)
-
-
-def effective_rank(w: torch.Tensor, rel: float = 0.01) -> int:
-    """Number of singular values of ``w`` (as ``(rows, rest)``) above ``rel`` × the largest."""
-    s = torch.linalg.svdvals(_as_matrix(w))
-    return int((s > rel * s[0]).sum()) if s.numel() and s[0] > 0 else 0
-
-
+# ---- effective rank per layer (benchmarks.common.effective_rank) ----------------------------------------------------
 def rank_rows(models: dict[str, nn.Module]) -> list[dict[str, Any]]:
     """Per weight matrix (≥ 2-D parameters): its width ``min(rows, rest)`` and effective rank per model."""
     first = dict(next(iter(models.values())).named_parameters())
     rows = []
     for n, p in first.items():
-        if min(_as_matrix(p).shape) < 2:
+        if min(as_matrix(p).shape) < 2:
             continue  # vectors stored as (1, 1, d): no rank to speak of
-        row = {"layer": n, "shape": "×".join(map(str, p.shape)), "width": min(_as_matrix(p).shape)}
+        row = {"layer": n, "shape": "×".join(map(str, p.shape)), "width": min(as_matrix(p).shape)}
         for label, m in models.items():
             row[label] = effective_rank(dict(m.named_parameters())[n])
         rows.append(row)

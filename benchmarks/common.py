@@ -15,8 +15,8 @@ import torch
 
 from ghn import GHN, GHNConfig
 
-__all__ = ["RESULTS_DIR", "DEFAULT_GHN", "add_common_args", "setup", "load_ghn", "ghn_label", "seeded", "sync", "timed",
-           "median_time", "env_info", "write_results", "md_table", "fmt"]
+__all__ = ["RESULTS_DIR", "DEFAULT_GHN", "add_common_args", "setup", "load_ghn", "ghn_label", "seeded", "as_matrix",
+           "effective_rank", "sync", "timed", "median_time", "env_info", "write_results", "md_table", "fmt"]
 
 RESULTS_DIR = Path(__file__).parent / "results"
 DEFAULT_GHN = "checkpoints/ghn-fmnist"
@@ -69,6 +69,20 @@ def seeded(make: Callable[[], Any], seed: int) -> Callable[[], Any]:
             torch.manual_seed(seed)
             return make()
     return build
+
+
+def as_matrix(w: torch.Tensor) -> torch.Tensor:
+    """``(rows, rest)``: leading singleton dims dropped first (a ``(1, n, d)`` pos_embed is an ``n × d`` matrix)."""
+    w = w.detach().float()
+    while w.ndim > 2 and w.shape[0] == 1:
+        w = w[0]
+    return w.reshape(w.shape[0], -1)
+
+
+def effective_rank(w: torch.Tensor, rel: float = 0.01) -> int:
+    """Number of singular values of ``w`` (as ``(rows, rest)``) above ``rel`` × the largest."""
+    s = torch.linalg.svdvals(as_matrix(w))
+    return int((s > rel * s[0]).sum()) if s.numel() and s[0] > 0 else 0
 
 
 def sync(device: torch.device | str) -> None:

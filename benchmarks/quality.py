@@ -15,8 +15,8 @@ then each conv/linear layer rescaled in forward order until its output variance 
 
 Archs: held-out specs of ``model_zoo`` (``heldout_archs``: never in the training split) from several families,
 and a named real-world set (``REAL_IMAGE_NETS``: timm ResNet-18, RegNetX-200MF, MobileNetV3-Small, EfficientNet-B0,
-ConvNeXt-Atto, DeiT-Tiny and a 4-block MLP-Mixer at 28x28, torchvision ResNet-18 and MobileNetV3-Small with 1-channel stems,
-a plain user-written CNN and LeNet-5).
+ConvNeXt-Atto, DeiT-Tiny and a 4-block MLP-Mixer at 28x28, torchvision ResNet-18 and MobileNetV3-Small with 1-channel
+stems, a plain user-written CNN and LeNet-5).
 Run: ``python -m benchmarks.quality [--quick] [--device cuda]``. Writes ``results/quality.{md,json,png}``
 (``quality_quick.*`` with ``--quick``); ``--task lm`` evaluates the LM predictor (``checkpoints/ghn-fortunes``) and
 writes ``results/quality_lm{_quick}.*``.
@@ -28,7 +28,6 @@ import json
 import logging
 import math
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,12 +38,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ghn import GHN
+from ghn.domain import graph_for
 from train.data import stream_seed
 from train.evaluate import BN_BATCH_SIZE, BN_BATCHES, ImageEvalData, accuracy, bn_batches, zero_shot_accuracy
 
 from .common import add_common_args, env_info, ghn_label, load_ghn, md_table, seeded, setup, write_results
 
-__all__ = ["PlainCNN", "LeNet5", "Arch", "REAL_IMAGE_NETS", "real_image_archs", "image_archs", "lsuv_", "INIT_NAMES", "evaluate_image_arch", "run", "main"]
+__all__ = ["PlainCNN", "LeNet5", "Arch", "REAL_IMAGE_NETS", "real_image_archs", "image_archs", "lsuv_", "INIT_NAMES",
+           "evaluate_image_arch", "run", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,11 @@ class Arch:
     build: Callable[[], nn.Module]
     heldout: str  # why the GHN never saw it in meta-training
     spec: dict | None = None  # model_zoo spec (JSON) when it comes from the zoo
+
+    @property
+    def set(self) -> str:
+        """``"zoo"`` (a model_zoo held-out spec) or ``"real"`` (a named library or hand-written net)."""
+        return "zoo" if self.spec is not None else "real"
 
 
 class LeNet5(nn.Module):
@@ -223,9 +229,9 @@ def init_model(name: str, arch: Arch, ghn: GHN, device: torch.device, example: t
     info: dict = {}
     t = time.perf_counter()
     if name == "ghn":
-        pred = ghn.predict_params(model, example)  # to read the coverage; predict() writes the same tensors
-        info["coverage"] = pred.coverage.fraction
-        ghn.predict(model, example, graph=pred.graph)
+        graph, _ = graph_for(ghn.config, model, example, ghn.config.max_hops)  # built once: coverage + predict
+        info["coverage"] = graph.coverage.fraction
+        ghn.predict(model, graph=graph)
     elif name == "lsuv":
         if data_batch is None:
             raise ValueError("lsuv needs a data batch")
@@ -295,8 +301,7 @@ def run(ghn: GHN, device: torch.device, quick: bool = False, inits: tuple[str, .
                               "momentum": MOMENTUM, "batch": BATCH, "bn_batches": BN_BATCHES,
                               "bn_batch": BN_BATCH_SIZE, "seed": seed}, "image": {}}
     for arch in archs if archs is not None else image_archs(quick, seed=seed):
-        row: dict = {"family": arch.family, "set": "zoo" if arch.spec is not None else "real",
-                     "heldout": arch.heldout, "spec": arch.spec, "inits": {}}
+        row: dict = {"family": arch.family, "set": arch.set, "heldout": arch.heldout, "spec": arch.spec, "inits": {}}
         for name in inits:
             t = time.perf_counter()
             model, info = init_model(name, arch, ghn, device, example, lsuv_batch)
@@ -444,11 +449,11 @@ def main(argv: list[str] | None = None) -> None:
                    help="only re-write the .md and .png next to this results .json (no evaluation)")
     args = p.parse_args(argv)
     from . import quality_lm
-    report = quality_lm if args.task == "lm" else sys.modules[__name__]
+    plot_fn, markdown = (quality_lm.plot, quality_lm.to_markdown) if args.task == "lm" else (plot, to_markdown)
     if args.render:
         res = _int_steps(json.loads(args.render.read_text()))
-        report.plot(res, args.render.with_suffix(".png"))
-        args.render.with_suffix(".md").write_text(report.to_markdown(res, res["ghn"], res["env"]) + "\n")
+        plot_fn(res, args.render.with_suffix(".png"))
+        args.render.with_suffix(".md").write_text(markdown(res, res["ghn"], res["env"]) + "\n")
         return
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("ghn").setLevel(logging.ERROR)
@@ -464,8 +469,8 @@ def main(argv: list[str] | None = None) -> None:
         res = run(ghn, device, args.quick, inits=tuple(args.inits), seed=args.seed, fmnist_dir=args.fmnist_dir)
     res.update(env=env, ghn=label, quick=args.quick, seconds=time.perf_counter() - t)
     name = ("quality_lm" if args.task == "lm" else "quality") + ("_quick" if args.quick else "")
-    report.plot(res, args.out / f"{name}.png")
-    md = report.to_markdown(res, label, env)
+    plot_fn(res, args.out / f"{name}.png")
+    md = markdown(res, label, env)
     write_results(args.out, name, res, md)
     print(md)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -32,12 +31,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ghn import GHN
+from ghn.domain import graph_for
 from train.data import VAL_FRACTION, fortunes_bytes, stream_seed
 from train.evaluate import lm_loss
+from train.tasks import logits_of
 
 from .common import md_table, seeded
+from .quality import Arch
 
-__all__ = ["LMArch", "TorchTransformerLM", "zoo_lms", "real_lms", "evaluate_lm_arch", "run", "summarize",
+__all__ = ["TorchTransformerLM", "zoo_lms", "real_lms", "evaluate_lm_arch", "run", "summarize",
            "to_markdown", "plot", "LR", "BATCH", "SEQ_LEN", "PPL_GAIN", "FRACTION"]
 
 logger = logging.getLogger(__name__)
@@ -47,17 +49,6 @@ PPL_GAIN, FRACTION = 0.20, 0.90  # goal: >= 20 % lower perplexity after 100 step
 #: the constraints of train/configs/fortunes_lm.yaml (its first stage; the zoo set is drawn from their held-out split)
 ZOO_CONSTRAINTS = dict(max_params=200_000, max_depth=4)
 ZOO_FAMILIES = ("gpt", "llama", "nanolm")
-
-
-@dataclass
-class LMArch:
-    """One evaluated language model: its name, set (``zoo`` or ``real``), family and a seeded builder."""
-
-    name: str
-    set: str
-    family: str
-    build: Callable[[], nn.Module]
-    spec: dict | None = None
 
 
 class TorchTransformerLM(nn.Module):
@@ -84,14 +75,13 @@ class TorchTransformerLM(nn.Module):
 def _hf(config_cls: str, **kw) -> Callable[[], nn.Module]:
     def make() -> nn.Module:
         import transformers
-        from transformers import AutoModelForCausalLM
-        cfg = getattr(transformers, config_cls)(vocab_size=256, use_cache=False, bos_token_id=None,
-                                                eos_token_id=None, pad_token_id=None, **kw)
-        return AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+        from model_zoo.decoders import causal_lm
+        return causal_lm(getattr(transformers, config_cls)(vocab_size=256, use_cache=False, bos_token_id=None,
+                                                           eos_token_id=None, pad_token_id=None, **kw))
     return make
 
 
-def real_lms(seed: int = 0) -> list[LMArch]:
+def real_lms(seed: int = 0) -> list[Arch]:
     """Library configs at byte level, shrunk to 0.3-1M parameters, and a hand-written LM (all under 10M)."""
     makers = {
         "hf_gpt2": ("gpt2", _hf("GPT2Config", n_positions=SEQ_LEN, n_layer=4, n_embd=128, n_head=4)),
@@ -109,20 +99,18 @@ def real_lms(seed: int = 0) -> list[LMArch]:
                                         rotary_pct=0.25)),
         "torch_transformer": ("user", TorchTransformerLM),
     }
-    return [LMArch(name, "real", fam, seeded(make, seed)) for name, (fam, make) in makers.items()]
+    return [Arch(name, fam, seeded(make, seed), "real-world LM, never sampled in meta-training")
+            for name, (fam, make) in makers.items()]
 
 
-def zoo_lms(n: int = 21, seed: int = 0) -> list[LMArch]:
+def zoo_lms(n: int = 21, seed: int = 0) -> list[Arch]:
     """``n`` held-out model_zoo LMs, evenly over gpt, llama and nanolm, under the shipped predictor's training
     constraints (vocab 256, 64 tokens, <= 200k parameters, <= 4 blocks)."""
     from train.evaluate import eval_specs
 
     specs = eval_specs(n, ZOO_FAMILIES, dict(vocab_size=256, seq_len=SEQ_LEN, **ZOO_CONSTRAINTS), seed=seed)
-    return [LMArch(name, "zoo", spec.family, spec.build, spec.to_dict()) for name, spec in specs.items()]
-
-
-def _logits(out) -> torch.Tensor:
-    return out.logits if hasattr(out, "logits") else out
+    return [Arch(name, spec.family, spec.build, "model_zoo held-out split", spec.to_dict())
+            for name, spec in specs.items()]
 
 
 def evaluate_lm_arch(model: nn.Module, train: torch.Tensor, val: torch.Tensor, seq_len: int,
@@ -139,7 +127,7 @@ def evaluate_lm_arch(model: nn.Module, train: torch.Tensor, val: torch.Tensor, s
         model.train()
         starts = torch.randint(0, len(train) - seq_len - 1, (batch,), generator=g)
         win = train[starts[:, None] + torch.arange(seq_len + 1)].to(device)
-        out = _logits(model(win[:, :-1]))
+        out = logits_of(model(win[:, :-1]))
         step_loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), win[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         step_loss.backward()
@@ -150,7 +138,7 @@ def evaluate_lm_arch(model: nn.Module, train: torch.Tensor, val: torch.Tensor, s
     return {"val_loss": loss, "diverged": diverged}
 
 
-def run(ghn: GHN, device: torch.device, quick: bool = False, archs: list[LMArch] | None = None,
+def run(ghn: GHN, device: torch.device, quick: bool = False, archs: list[Arch] | None = None,
         steps: tuple[int, ...] | None = None, seed: int = 0, fortunes_dir: Path | None = None) -> dict:
     """Evaluate every (arch, init in ghn/default); returns the JSON-able results."""
     steps = steps or ((0, 25, 100) if quick else (0, 25, 100, 500))
@@ -171,9 +159,9 @@ def run(ghn: GHN, device: torch.device, quick: bool = False, archs: list[LMArch]
             with torch.device(device):
                 model = arch.build().to(device)
             if name == "ghn":
-                pred = ghn.predict_params(model)
-                row["coverage"] = pred.coverage.fraction
-                ghn.predict(model, graph=pred.graph)
+                graph, _ = graph_for(ghn.config, model, None, ghn.config.max_hops)  # the graph predict would trace
+                row["coverage"] = graph.coverage.fraction
+                ghn.predict(model, graph=graph)
             row["params"] = sum(p.numel() for p in model.parameters())
             out = evaluate_lm_arch(model, train, val, SEQ_LEN, steps, seed)
             row["inits"][name] = {**out, "seconds": time.perf_counter() - t}

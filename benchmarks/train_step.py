@@ -49,7 +49,7 @@ def time_steps(config: str, device: torch.device, steps: int, warmup: int, pool:
     ghn = GHN(ghn_config(cfg)).to(device).train()
     task = make_task(cfg)
     stream = _arch_dataset(cfg, info, None, task)
-    arch_pool = ArchPool(stream, pool, cfg.pool_refresh, cfg.meta_batch, cfg.seed) if pool else None
+    arch_pool = ArchPool(stream, pool, cfg.pool_refresh, cfg.meta_batch) if pool else None
     archs = iter(stream)
     if arch_pool:
         arch_pool.fill(0, device)  # timed in its steady state: every slot's graph and module exist

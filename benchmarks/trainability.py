@@ -23,16 +23,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .common import add_common_args, env_info, ghn_label, load_ghn, md_table, setup, write_results
+from .common import (add_common_args, as_matrix, effective_rank as rank_count, env_info, ghn_label, load_ghn,
+                     md_table, setup, write_results)
 
 __all__ = ["effective_rank", "diagnose", "main"]
 
 
 def effective_rank(w: torch.Tensor, rel: float = 0.01) -> float:
-    """Fraction of the smaller side of ``w`` (as ``c_out x rest``) whose singular values exceed ``rel`` x the
-    largest."""
-    s = torch.linalg.svdvals(w.detach().float().reshape(w.shape[0], -1))
-    return float((s > rel * s[0]).sum()) / len(s) if s[0] > 0 else 0.0
+    """:func:`benchmarks.common.effective_rank` as a fraction of the smaller side of ``w`` (as ``rows x rest``)."""
+    return rank_count(w, rel) / min(as_matrix(w).shape)
 
 
 def _three(xs: list[float]) -> tuple[float, float, float]:

@@ -3,7 +3,7 @@
 Examples:
     ghn-predict --model timm:resnet18 --model-kwargs '{"num_classes": 10, "in_chans": 1}' --out resnet18.safetensors
     ghn-predict --model torchvision:resnet50 --input-shape 3,224,224 --out r50.safetensors
-    ghn-predict --model hf:gpt2 --model-kwargs '{"n_layer": 2, "vocab_size": 256}' --seq-len 32 --out gpt2-2l.safetensors
+    ghn-predict --model hf:gpt2 --model-kwargs '{"n_layer": 2, "vocab_size": 256}' --seq-len 32 --out gpt2.safetensors
     ghn-predict --model hf:t5 --out t5.safetensors               # any transformers model type
     ghn-predict --model hf:gpt2-large --meta --out gpt2-large.safetensors --max-shard-size 1GB
     ghn-predict --model hf:path/to/config.json --meta --out big.safetensors

@@ -75,23 +75,24 @@ def load_model(spec: str, kwargs: dict[str, Any], meta: bool = False) -> nn.Modu
                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
 
 
-def _build(source: str, name: str, kwargs: dict, device: ContextManager) -> nn.Module:
+def _build(source: str, name: str, kwargs: dict, context: ContextManager) -> nn.Module:
+    """Build under ``context``: ``torch.device("cpu")`` or :func:`init_empty_weights`."""
     if source == "timm":
         import timm
         if not timm.is_model(name):
             raise ConfigError(f"unknown timm model {name!r}{suggest(name, timm.list_models())}")
-        with device:
+        with context:
             return timm.create_model(name, pretrained=False, **kwargs)
     if source == "torchvision":
         import torchvision
         names = torchvision.models.list_models()
         if name not in names:
             raise ConfigError(f"unknown torchvision model {name!r}{suggest(name, names)}")
-        with device:
+        with context:
             return torchvision.models.get_model(name, weights=None, **kwargs)
     config = hf_config(name, kwargs)
     cls = hf_model_class(config, kwargs)
-    with device:
+    with context:
         return cls._from_config(config)
 
 

@@ -19,13 +19,14 @@ from ghn.errors import ConfigError
 from .registry import register_arch, register_family, sample_within
 from .spec import ArchSpec
 
-__all__ = ["build_gpt", "build_llama", "sample_gpt", "sample_llama", "LLAMA_TYPES"]
+__all__ = ["build_gpt", "build_llama", "causal_lm", "sample_gpt", "sample_llama", "LLAMA_TYPES"]
 
 GPT_ACTS = ("gelu_new", "gelu", "relu", "silu")
 LLAMA_TYPES = ("llama", "qwen2", "mistral")
 
 
-def _from_config(cfg) -> nn.Module:
+def causal_lm(cfg) -> nn.Module:
+    """The transformers causal LM of config ``cfg``, untrained, with eager attention (traceable without SDPA)."""
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
@@ -46,7 +47,7 @@ def build_gpt(hparams: dict) -> nn.Module:
         raise ConfigError(f"gpt hparams miss {e}") from None
     if hp:
         raise ConfigError(f"unknown gpt hparams {sorted(hp)}")
-    return _from_config(cfg)
+    return causal_lm(cfg)
 
 
 def build_llama(hparams: dict) -> nn.Module:
@@ -78,7 +79,7 @@ def build_llama(hparams: dict) -> nn.Module:
         cfg = Qwen2Config(**kw)
     else:
         cfg = MistralConfig(**kw)
-    return _from_config(cfg)
+    return causal_lm(cfg)
 
 
 def _lm_common(rng: random.Random, vocab_size: int, seq_len: int, max_depth: int) -> tuple[int, int]:

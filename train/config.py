@@ -20,6 +20,8 @@ import yaml
 
 from ghn.errors import ConfigError
 
+from .pool import check_pool
+
 __all__ = ["TrainConfig", "load_yaml", "family_task", "unknown_key_message"]
 
 
@@ -117,9 +119,8 @@ class TrainConfig:
                               f"min_lr_ratio={self.min_lr_ratio}")
         if self.task not in ("image", "lm"):
             raise ConfigError(f"task must be 'image' or 'lm', got {self.task!r}")
-        if self.arch_pool and (self.arch_pool < self.meta_batch or self.pool_refresh > self.arch_pool):
-            raise ConfigError(f"arch_pool must be >= meta_batch ({self.meta_batch}) and pool_refresh <= arch_pool; "
-                              f"got arch_pool={self.arch_pool}, pool_refresh={self.pool_refresh}")
+        if self.arch_pool:
+            check_pool(self.arch_pool, self.pool_refresh, self.meta_batch)
         if self.arch_pool and self.workers:
             raise ConfigError("arch_pool builds the few new graphs in the prefetch thread; set workers: 0")
         self._validate_data()

@@ -36,7 +36,7 @@ from ghn.prediction import recalibrate_bn
 from .config import TrainConfig, family_task, load_yaml
 from .data import fashion_mnist, normalize, stream_seed
 from .datasets import DATASET_TASKS, ImageSource, open_source, parse_dataset
-from .tasks import zoo_constraints
+from .tasks import logits_of, zoo_constraints
 
 __all__ = ["ImageEvalData", "bn_batches", "accuracy", "zero_shot_accuracy", "lm_loss", "evaluate_archs",
            "eval_specs", "summarize", "format_summary", "main"]
@@ -155,7 +155,7 @@ def lm_loss(model: nn.Module, val: torch.Tensor, seq_len: int, windows: int = 64
     device = next(model.parameters()).device
     model.eval()
     out = model(win[:, :-1].to(device))
-    logits = (out.logits if hasattr(out, "logits") else out).float().cpu()
+    logits = logits_of(out).float().cpu()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), win[:, 1:].reshape(-1)).item()
 
 

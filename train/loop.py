@@ -167,8 +167,7 @@ def _train(cfg: TrainConfig, info: DistInfo, command: str | None, data: ImageSou
     ghn.train()
 
     stream = _arch_dataset(cfg, info, arch_state, task)
-    pool = ArchPool(stream, cfg.arch_pool, cfg.pool_refresh, cfg.meta_batch, cfg.seed, info.rank) \
-        if cfg.arch_pool else None
+    pool = ArchPool(stream, cfg.arch_pool, cfg.pool_refresh, cfg.meta_batch) if cfg.arch_pool else None
     archs = _arch_iterator(cfg, stream) if pool is None else None
 
     def prepare(step: int) -> StepInputs:

@@ -24,7 +24,14 @@ from ghn.errors import ConfigError
 if TYPE_CHECKING:
     from model_zoo import ArchDataset, ArchSample
 
-__all__ = ["ArchPool"]
+__all__ = ["ArchPool", "check_pool"]
+
+
+def check_pool(size: int, refresh: int, meta_batch: int) -> None:
+    """ConfigError unless ``meta_batch <= size`` and ``0 <= refresh <= size``."""
+    if size < meta_batch or not 0 <= refresh <= size:
+        raise ConfigError(f"arch_pool must be >= meta_batch ({meta_batch}) and pool_refresh in [0, arch_pool]; "
+                          f"got arch_pool={size}, pool_refresh={refresh}")
 
 
 class ArchPool:
@@ -35,15 +42,13 @@ class ArchPool:
         size: archs in the pool (>= ``meta_batch``).
         refresh: slots replaced by fresh stream archs per step (0: a fixed pool).
         meta_batch: archs drawn per step (distinct slots).
-        seed, rank: make the draws differ between runs and ranks.
+
+    The draws depend on the stream's seed and rank, so runs and ranks differ.
     """
 
-    def __init__(self, ds: ArchDataset, size: int, refresh: int, meta_batch: int, seed: int = 0, rank: int = 0):
-        if size < meta_batch or not 0 <= refresh <= size:
-            raise ConfigError(f"arch_pool must be >= meta_batch ({meta_batch}) and pool_refresh in [0, arch_pool]; "
-                              f"got arch_pool={size}, pool_refresh={refresh}")
+    def __init__(self, ds: ArchDataset, size: int, refresh: int, meta_batch: int):
+        check_pool(size, refresh, meta_batch)
         self.ds, self.size, self.refresh, self.meta_batch = ds, size, refresh, meta_batch
-        self.seed, self.rank = seed, rank
         self._samples: dict[int, ArchSample] = {}  # stream position -> sample (graph); the drawing thread's
         self._models: dict[int, nn.Module] = {}  # stream position -> built module; the training thread's
 
@@ -61,22 +66,14 @@ class ArchPool:
 
     def draw(self, step: int) -> list[ArchSample]:
         """The archs of step ``step``: ``meta_batch`` distinct slots, graphs built on first use."""
-        slots = random.Random(f"train/pool/{self.seed}/{self.rank}/{step}").sample(range(self.size), self.meta_batch)
-        positions = [self.position(s, step) for s in slots]
-        for n in positions:
-            if n not in self._samples:
-                self._samples[n] = self.ds.sample_at(n)
-        self._samples = self._current(self._samples, step)
-        return [self._samples[n] for n in positions]
+        rng = random.Random(f"train/pool/{self.ds.seed}/{self.ds.rank}/{step}")
+        return [self._sample(self.position(s, step), step) for s in rng.sample(range(self.size), self.meta_batch)]
 
     def fill(self, step: int, device: Any = None) -> None:
         """Build every slot's graph (and module, on ``device`` when given) as of ``step`` now, rather than on first
         draw: the pool's steady state, for timing it."""
         for slot in range(self.size):
-            n = self.position(slot, step)
-            if n not in self._samples:
-                self._samples[n] = self.ds.sample_at(n)
-            sample = self._samples[n]
+            sample = self._sample(self.position(slot, step), step)
             if device is not None:
                 self.model(sample, device, step)
 
@@ -87,11 +84,18 @@ class ArchPool:
         The training loop runs it functionally with predicted parameters, so its own weights never change; only
         BatchNorm running statistics accumulate, which train-mode forward passes do not read.
         """
-        n = (sample.index - self.rank) // self.ds.world_size  # global stream index -> rank-local position
+        n = (sample.index - self.ds.rank) // self.ds.world_size  # global stream index -> rank-local position
         if n not in self._models:
             self._models = self._current(self._models, step)
             self._models[n] = sample.spec.build(device=device).train()
         return self._models[n]
+
+    def _sample(self, n: int, step: int) -> ArchSample:
+        """The sample at stream position ``n`` (graph built on first use; replaced archs dropped then)."""
+        if n not in self._samples:
+            self._samples = self._current(self._samples, step)
+            self._samples[n] = self.ds.sample_at(n)
+        return self._samples[n]
 
     def _current(self, cache: dict, step: int) -> dict:
         """``cache`` without the positions the pool no longer holds at ``step``."""

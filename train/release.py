@@ -44,29 +44,28 @@ def _training_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _intro(ghn: GHN, name: str, preset: str) -> list[str]:
-    """Title, what the predictor is for, and how to use it (per task)."""
+    """Front matter, title, what the predictor is for, and how to use it (per task)."""
     c = ghn.config
     n = sum(p.numel() for p in ghn.parameters())
     if c.task == "lm":
-        return ["---", "library_name: ghn", "license: mit", "tags: [graph-hypernetwork, parameter-prediction, ghn, "
-                "language-model]", "---", f"# {name}", "",
-                f"A graph hypernetwork (package `ghn`, {n:,} parameters, preset `{preset}`) meta-trained to predict "
-                f"the parameters of causal language models over a vocabulary of {c.vocab_size} tokens (bytes when "
-                "256), in one forward pass.", "", "```python", "from ghn import GHN",
-                f'ghn = GHN.from_pretrained("checkpoints/{name}")',
-                "model = ghn.predict(model)   # any causal LM taking (B, T) token ids: parameters written in place",
-                "```", "", f"Trained on windows of {c.input_shape[0] if c.input_shape else '?'} tokens; models are "
-                "traced with token ids of that length unless they declare their own inputs."]
-    shape = "x".join(map(str, c.input_shape)) if c.input_shape else "?"
-    return ["---", "library_name: ghn", "license: mit", "tags: [graph-hypernetwork, parameter-prediction, ghn, "
-            "fashion-mnist]", "datasets: [fashion_mnist]", "---", f"# {name}", "",
+        tags, datasets = "language-model", []
+        what = f"causal language models over a vocabulary of {c.vocab_size} tokens (bytes when 256)"
+        takes = "any causal LM taking (B, T) token ids"
+        note = (f"Trained on windows of {c.input_shape[0] if c.input_shape else '?'} tokens; models are traced with "
+                "token ids of that length unless they declare their own inputs.")
+    else:
+        shape = "x".join(map(str, c.input_shape)) if c.input_shape else "?"
+        tags, datasets = "fashion-mnist", ["datasets: [fashion_mnist]"]
+        what = f"{shape} image classifiers with {c.num_classes} classes"
+        takes = f"any nn.Module taking (B, {', '.join(map(str, c.input_shape or []))}) inputs"
+        note = ("Inputs follow the Fashion-MNIST convention `x = (pixel/255 - 0.2860) / 0.3530`. If the model has "
+                "BatchNorm, recompute its statistics on a few training batches (`bn=\"recalibrate\"`, `bn_data=...`).")
+    return ["---", "library_name: ghn", "license: mit",
+            f"tags: [graph-hypernetwork, parameter-prediction, ghn, {tags}]", *datasets, "---", f"# {name}", "",
             f"A graph hypernetwork (package `ghn`, {n:,} parameters, preset `{preset}`) meta-trained to predict the "
-            f"parameters of {shape} image classifiers with {c.num_classes} classes, in one forward pass.", "",
+            f"parameters of {what}, in one forward pass.", "",
             "```python", "from ghn import GHN", f'ghn = GHN.from_pretrained("checkpoints/{name}")',
-            f"model = ghn.predict(model)   # any nn.Module taking (B, {', '.join(map(str, c.input_shape or []))}) "
-            "inputs: parameters written in place", "```", "", "Inputs follow the Fashion-MNIST convention "
-            "`x = (pixel/255 - 0.2860) / 0.3530`. If the model has BatchNorm, recompute its statistics on a few "
-            "training batches (`bn=\"recalibrate\"`, `bn_data=...`)."]
+            f"model = ghn.predict(model)   # {takes}: parameters written in place", "```", "", note]
 
 
 def _zero_shot_section(evaluation: dict[str, Any]) -> list[str]:
@@ -119,7 +118,7 @@ def model_card(ghn: GHN, state: dict[str, Any], train_cfg: dict[str, Any], summa
         lines += [f"- wall time: {summary['wall_min']:.0f} min on a 2-core CPU; final loss {summary['final_loss']:.3f}"
                   + (f" (training-batch accuracy {acc:.1f} %)" if acc is not None else "")
                   + f"; {summary['skipped']} non-finite steps skipped"]
-        if summary["evals"] and summary.get("eval_metric", "eval_acc") == "eval_acc":
+        if summary["evals"] and summary["eval_metric"] == "eval_acc":
             lines += ["- held-out zero-shot accuracy during training (6 archs, 1,000 test images), GHN / default "
                       "init: " + ", ".join(f"step {s}: {g:.1f} / {d:.1f} %" for s, g, d in summary["evals"])]
         elif summary["evals"]:

@@ -21,7 +21,14 @@ from .config import TrainConfig
 from .data import ImageStream, TextStream
 from .datasets import ImageSource, TextSource, open_source
 
-__all__ = ["Task", "ImageTask", "LMTask", "make_task", "run_functional", "task_constraints", "zoo_constraints"]
+__all__ = ["Task", "ImageTask", "LMTask", "make_task", "logits_of", "run_functional", "task_constraints",
+           "zoo_constraints"]
+
+
+def logits_of(out: Any) -> torch.Tensor:
+    """A model's logits: Hugging Face models return an output object with ``.logits``, plain modules the tensor."""
+    return out.logits if hasattr(out, "logits") else out
+
 
 def run_functional(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """``model(x)`` with ``params`` in place of its parameters; returns the logits tensor.
@@ -30,8 +37,7 @@ def run_functional(model: nn.Module, params: dict[str, torch.Tensor], x: torch.T
     parameters the GHN did not predict fall back to the module's own tensors. Tied parameters are handled by
     functional_call (``tie_weights=True``). Hugging Face models return an output object: its ``logits`` is used.
     """
-    out = functional_call(model, {**params, **dict(model.named_buffers())}, (x,))
-    return out.logits if hasattr(out, "logits") else out
+    return logits_of(functional_call(model, {**params, **dict(model.named_buffers())}, (x,)))
 
 
 class Task:
