@@ -50,7 +50,9 @@ __all__ = ["PlainCNN", "LeNet5", "Arch", "REAL_IMAGE_NETS", "real_image_archs", 
 logger = logging.getLogger(__name__)
 
 LR, MOMENTUM, BATCH = 0.05, 0.9, 64  # fine-tuning protocol
-INIT_NAMES = ("ghn", "default", "lsuv")
+INIT_NAMES = ("ghn", "ghn_raw", "default", "lsuv")  # ghn: predict() as shipped; ghn_raw: branch_scale=1
+GHN_INITS = ("ghn", "ghn_raw")  # the inits that depend on the GHN (the others can be reused across runs)
+N_ZOO = 30  # held-out zoo archs of the full run
 
 
 # ---- architectures --------------------------------------------------------------------------------------------
@@ -153,7 +155,7 @@ def real_image_archs(seed: int = 0) -> list[Arch]:
             for name, (family, make) in REAL_IMAGE_NETS.items()]
 
 
-def image_archs(quick: bool = False, n_zoo: int = 6, seed: int = 0) -> list[Arch]:
+def image_archs(quick: bool = False, n_zoo: int = N_ZOO, seed: int = 0) -> list[Arch]:
     """Held-out image archs, all 1x28x28 / 10 classes.
 
     Quick: 2 zoo held-out specs (vit, mlp) and the plain user-written CNN. Full: ``n_zoo`` zoo held-out specs
@@ -228,10 +230,11 @@ def init_model(name: str, arch: Arch, ghn: GHN, device: torch.device, example: t
         model = arch.build().to(device)  # zoo specs build on CPU (seeded init), then move
     info: dict = {}
     t = time.perf_counter()
-    if name == "ghn":
+    if name in GHN_INITS:
         graph, _ = graph_for(ghn.config, model, example, ghn.config.max_hops)  # built once: coverage + predict
         info["coverage"] = graph.coverage.fraction
-        ghn.predict(model, graph=graph)
+        info["branch_scale"] = ghn.config.branch_scale if name == "ghn" else 1.0
+        ghn.predict(model, graph=graph, branch_scale=info["branch_scale"])
     elif name == "lsuv":
         if data_batch is None:
             raise ValueError("lsuv needs a data batch")
@@ -288,10 +291,14 @@ def load_image_data(device: torch.device, data_dir: Path | None = None, test_ima
     return ImageEvalData(normalize(train_px).to(device), normalize(test_px).to(device), test_y), train_y.to(device)
 
 
-def run(ghn: GHN, device: torch.device, quick: bool = False, inits: tuple[str, ...] = INIT_NAMES,
+def run(ghn: GHN, device: torch.device, quick: bool = False, inits: tuple[str, ...] = ("ghn", "default", "lsuv"),
         archs: list[Arch] | None = None, test_limit: int | None = None, eval_steps: tuple[int, ...] | None = None,
-        seed: int = 0, fmnist_dir: Path | None = None) -> dict:
-    """Evaluate every (arch, init); returns the JSON-able results."""
+        seed: int = 0, fmnist_dir: Path | None = None, reuse: dict | None = None) -> dict:
+    """Evaluate every (arch, init); returns the JSON-able results.
+
+    ``reuse``: an earlier run's results; its default and LSUV results are taken for the archs it has (they do not
+    depend on the GHN) when its protocol is this run's, so re-evaluating a new predictor only runs the GHN inits.
+    """
     eval_steps = eval_steps or ((0, 25, 100) if quick else (0, 25, 50, 100, 200, 500))
     test_limit = test_limit if test_limit is not None else (1000 if quick else None)
     data, train_y = load_image_data(device, fmnist_dir, test_limit)
@@ -300,9 +307,15 @@ def run(ghn: GHN, device: torch.device, quick: bool = False, inits: tuple[str, .
     res: dict = {"protocol": {"eval_steps": list(eval_steps), "test_images": len(data.test_y), "lr": LR,
                               "momentum": MOMENTUM, "batch": BATCH, "bn_batches": BN_BATCHES,
                               "bn_batch": BN_BATCH_SIZE, "seed": seed}, "image": {}}
+    if reuse is not None and reuse.get("protocol") != res["protocol"]:
+        raise ValueError(f"--reuse: that run's protocol {reuse.get('protocol')} is not this run's {res['protocol']}")
     for arch in archs if archs is not None else image_archs(quick, seed=seed):
         row: dict = {"family": arch.family, "set": arch.set, "heldout": arch.heldout, "spec": arch.spec, "inits": {}}
+        old = (reuse or {}).get("image", {}).get(arch.name, {})
         for name in inits:
+            if name not in GHN_INITS and name in old.get("inits", {}) and old.get("spec") == arch.spec:
+                row["params"], row["inits"][name] = old["params"], {**old["inits"][name], "reused": True}
+                continue
             t = time.perf_counter()
             model, info = init_model(name, arch, ghn, device, example, lsuv_batch)
             row["params"] = sum(p.numel() for p in model.parameters())
@@ -350,8 +363,9 @@ def to_markdown(res: dict, label: str, env: dict) -> str:
             row = {"arch": arch, "family": r["family"], "params": r["params"], "init": name}
             for s in shown:
                 row["zero-shot" if s == 0 else f"fine-tuned {s} steps"] = v["acc"][s]
-            if name == "ghn":
+            if name in GHN_INITS:
                 row["coverage"] = v.get("coverage")
+                row["init"] = f"{name} (×{v.get('branch_scale', 1.0):g})"
             rows.append(row)
     banner = ("> **Untrained GHN.** These numbers come from the placeholder predictor (`trained: false`): they check "
               "the pipeline, not a learned initialisation. Re-run the command in `benchmarks/README.md` once the "
@@ -394,7 +408,7 @@ def plot(res: dict, path: Path) -> None:
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
     axes = axes.ravel()
-    colors = {"ghn": "C0", "default": "C1", "lsuv": "C2"}
+    colors = {"ghn": "C0", "default": "C1", "lsuv": "C2", "ghn_raw": "C3"}
     steps = res["protocol"]["eval_steps"]
     for ax, (arch, r) in zip(axes, panels):
         for name, v in r["inits"].items():
@@ -439,7 +453,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true",
                    help="image: 3 archs, 1,000 test images, steps 0/25/100; lm: 3 zoo + 2 real LMs, steps 0/25/100 "
                         "(a few minutes on CPU)")
-    p.add_argument("--inits", nargs="*", default=list(INIT_NAMES), choices=INIT_NAMES, help="image inits")
+    p.add_argument("--inits", nargs="*", default=["ghn", "default", "lsuv"], choices=INIT_NAMES,
+                   help="image inits (ghn: predict() with the predictor's own branch_scale; ghn_raw: branch_scale=1)")
+    p.add_argument("--reuse", type=Path, default=None,
+                   help="an earlier image results .json: take its default/LSUV results (same protocol) instead of "
+                        "re-running them; the GHN inits always run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fmnist-dir", type=Path, default=None,
                    help="Fashion-MNIST idx .gz files (default: $GHN_FMNIST_DIR or the Debian package's directory)")
@@ -466,7 +484,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.task == "lm":
         res = quality_lm.run(ghn, device, args.quick, seed=args.seed, fortunes_dir=args.fortunes_dir)
     else:
-        res = run(ghn, device, args.quick, inits=tuple(args.inits), seed=args.seed, fmnist_dir=args.fmnist_dir)
+        reuse = _int_steps(json.loads(args.reuse.read_text())) if args.reuse else None
+        res = run(ghn, device, args.quick, inits=tuple(args.inits), seed=args.seed, fmnist_dir=args.fmnist_dir,
+                  reuse=reuse)
     res.update(env=env, ghn=label, quick=args.quick, seconds=time.perf_counter() - t)
     name = ("quality_lm" if args.task == "lm" else "quality") + ("_quick" if args.quick else "")
     plot_fn(res, args.out / f"{name}.png")

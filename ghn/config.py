@@ -48,6 +48,9 @@ class GHNConfig:
     vocab_size: int | None = None  # lm: token vocabulary seen in training (256: bytes)
     input_mean: list[float] | None = None  # image: per-channel mean of pixel/255 that inputs are normalised with
     input_std: list[float] | None = None  # image: per-channel std; x = (pixel/255 - mean) / std
+    # predict()'s default branch_scale: the gain ending each residual branch is multiplied by it after prediction
+    # (a calibration measured for this predictor, set at release; 1.0 leaves predictions as decoded)
+    branch_scale: float = 1.0
     trained: bool = False  # False for a randomly initialised GHN: predict() says so in its logs
     notes: dict[str, Any] = field(default_factory=dict)  # free-form provenance (data, steps, command)
 

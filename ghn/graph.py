@@ -25,7 +25,7 @@ from .inputs import ExampleInputs, resolve_example_inputs
 from .ops import OP_ID, SKIP, autograd_op, module_op
 from .trace import trace_model
 
-__all__ = ["Node", "Graph", "build_graph", "canonical_shape", "head_node", "MAX_HOPS"]
+__all__ = ["Node", "Graph", "build_graph", "canonical_shape", "head_node", "residual_branch_ends", "MAX_HOPS"]
 
 MAX_HOPS = 8
 _FORMAT_VERSION = 1
@@ -93,6 +93,45 @@ def head_node(graph: Graph) -> int | None:
             seen.update(nxt)
         frontier = nxt
     return None
+
+
+NORM_OPS = frozenset({"batch_norm", "layer_norm", "group_norm", "rms_norm", "instance_norm"})
+
+
+def residual_branch_ends(graph: Graph) -> list[int]:
+    """Nodes that scale the end of a residual branch: a norm, or a layer scale (through its ``mul``), whose output
+    is summed by an ``add`` with another input nearer the graph input (fewer hops): the skip path.
+
+    These are the gains libraries initialise at or near zero so that each block starts as the identity (timm's
+    ``zero_init_last`` BatchNorm, ConvNeXt's layer scale 1e-6). Returns node indices in graph order.
+    """
+    n = len(graph.nodes)
+    parents: dict[int, list[int]] = {}
+    children: dict[int, list[int]] = {}
+    for s, d in graph.edges:
+        parents.setdefault(d, []).append(s)
+        children.setdefault(s, []).append(d)
+    hops = [math.inf] * n  # shortest distance from the input node
+    hops[0] = 0
+    queue = deque([0])
+    while queue:
+        i = queue.popleft()
+        for j in children.get(i, []):
+            if hops[j] == math.inf:
+                hops[j] = hops[i] + 1
+                queue.append(j)
+    ends: set[int] = set()
+    for a, node in enumerate(graph.nodes):
+        ins = parents.get(a, [])
+        if node.op != "add" or len(ins) < 2:
+            continue
+        for p in ins:
+            scale = [p] if graph.nodes[p].op in NORM_OPS else \
+                [q for q in parents.get(p, []) if graph.nodes[q].op == "layer_scale"] if graph.nodes[p].op == "mul" \
+                else []
+            if scale and graph.nodes[scale[0]].params and any(hops[q] < hops[p] for q in ins if q != p):
+                ends.add(scale[0])
+    return sorted(ends)
 
 
 @dataclass

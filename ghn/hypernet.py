@@ -23,7 +23,7 @@ from .graph import Graph
 from .inputs import ExampleInputs
 from .nn import GraphEncoder, collate
 from .prediction import (Prediction, check_graph, check_prediction, materialize, padding_rows, recalibrate_bn,
-                         reinit_classifier, resolve_device, write_params)
+                         reinit_classifier, resolve_device, scale_branch_ends, write_params)
 
 __all__ = ["GHN", "CoverageWarning"]
 
@@ -131,7 +131,8 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
     def predict(self, model: nn.Module, example_inputs: ExampleInputs = None, *,
                 classifier: Literal["predict", "reinit"] = "predict",
                 bn: Literal["train", "recalibrate"] = "train", bn_data: Iterable | None = None,
-                graph: Graph | None = None, device: str | torch.device | None = None) -> nn.Module:
+                branch_scale: float | None = None, graph: Graph | None = None,
+                device: str | torch.device | None = None) -> nn.Module:
         """Write predicted parameters into ``model`` in place and return it.
 
         Args:
@@ -144,6 +145,11 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
             bn: BatchNorm running statistics are reset in both modes (they belonged to the old weights);
                 ``"recalibrate"`` then recomputes them from ``bn_data`` (a cumulative average over ≤ 20 batches).
             bn_data: input batches for ``bn="recalibrate"``.
+            branch_scale: multiplies the predicted gain that ends each residual branch (the norm or layer scale
+                whose output is added to a skip path, :func:`ghn.graph.residual_branch_ends`), as libraries start
+                those gains at or near zero so that deep residual nets start close to the identity. Below 1 it
+                makes predicted residual nets easier to fine-tune at large learning rates (ledger E15, E18); 1
+                leaves the prediction as it is; None: ``config.branch_scale``, the predictor's own calibration.
             graph: a graph built earlier from this model (``GraphError`` if its parameter names, shapes or ties
                 are not this model's).
             device: where to materialise a ``meta`` model.
@@ -161,6 +167,9 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
             raise ConfigError(f"classifier must be 'predict' or 'reinit', got {classifier!r}")
         if bn not in ("train", "recalibrate"):
             raise ConfigError(f"bn must be 'train' or 'recalibrate', got {bn!r}")
+        branch_scale = self.config.branch_scale if branch_scale is None else branch_scale
+        if not (isinstance(branch_scale, (int, float)) and math.isfinite(branch_scale) and branch_scale >= 0):
+            raise ConfigError(f"branch_scale must be a finite number >= 0, got {branch_scale!r}")
         if bn == "recalibrate":
             try:
                 iter(bn_data)
@@ -202,6 +211,8 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
             for m in model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
                     m.reset_running_stats()
+            if branch_scale != 1.0:
+                scale_branch_ends(model, graph, branch_scale)
             if classifier == "reinit":
                 path = reinit_classifier(model, graph)
                 logger.info("classifier %s re-initialised", path)

@@ -17,10 +17,11 @@ import torch.nn as nn
 
 from .binding import CoverageReport
 from .errors import DeviceError, ExampleInputError, GHNError, GraphError
-from .graph import Graph, head_node
+from .graph import Graph, head_node, residual_branch_ends
 
 __all__ = ["Prediction", "check_graph", "check_prediction", "write_params", "materialize", "init_empty_weights",
-           "padding_rows", "reinit_classifier", "recalibrate_bn", "classifier_module", "resolve_device"]
+           "padding_rows", "reinit_classifier", "scale_branch_ends",
+           "recalibrate_bn", "classifier_module", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -343,6 +344,18 @@ def reinit_classifier(model: nn.Module, graph: Graph) -> str | None:
         return None
     found[1].reset_parameters()
     return found[0]
+
+
+@torch.no_grad()
+def scale_branch_ends(model: nn.Module, graph: Graph, scale: float) -> list[str]:
+    """Multiply the gain ending each residual branch (a norm's weight, or a layer scale) by ``scale`` in place;
+    returns the names of the scaled parameters."""
+    own = dict(model.named_parameters())
+    names = [p.name for i in residual_branch_ends(graph) for p in graph.nodes[i].params
+             if p.role in ("norm_weight", "layer_scale")]
+    for name in names:
+        own[name].mul_(scale)
+    return names
 
 
 @torch.no_grad()

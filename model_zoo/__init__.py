@@ -15,7 +15,7 @@ from .registry import (create_arch as create_arch, get_family as get_family, lis
                        list_families as list_families, register_arch as register_arch,
                        register_family as register_family, sample_arch as sample_arch)
 from . import cnn as cnn, vit as vit, decoders as decoders, timm_family as timm_family, mlp as mlp  # register
-from . import nanolm as nanolm  # register
+from . import nanolm as nanolm, realnet as realnet  # register
 from .split import heldout_archs as heldout_archs, split_of as split_of
 from .dataset import ArchDataset as ArchDataset, ArchSample as ArchSample, graph_of as graph_of
 

@@ -104,8 +104,9 @@ def test_image_protocol_on_synthetic_data(ghn, init):
     data, train_y = synthetic_data()
     model, info = quality.init_model(init, arch, ghn, torch.device("cpu"), torch.randn(2, 1, 28, 28),
                                      data.train_x[:64])
-    if init == "ghn":
+    if init in quality.GHN_INITS:
         assert info["coverage"] == 1.0
+        assert info["branch_scale"] == (1.0 if init == "ghn_raw" else ghn.config.branch_scale)
     out = quality.evaluate_image_arch(model, data, train_y, eval_steps=(0, 2, 3))
     assert set(out["acc"]) == {0, 2, 3} and all(0 <= a <= 100 for a in out["acc"].values())
 
@@ -215,3 +216,19 @@ def test_trainability_diagnostics_see_depth_and_rank():
     with torch.no_grad():
         model[-1].weight.mul_(100)  # a head 100x too large: its output std and the loss grow
     assert diagnose(model, x, y)["act"][-1] > 50 * d["act"][-1]
+
+
+def test_reuse_takes_default_results_and_reruns_the_ghn(ghn):
+    arch = quality.Arch("tiny", "user", tiny_cnn, "test")
+    data, train_y = synthetic_data()
+    kw = dict(archs=[arch], eval_steps=(0, 2), test_limit=50)
+    from unittest import mock
+    with mock.patch.object(quality, "load_image_data", return_value=(data, train_y)):
+        first = quality.run(ghn, torch.device("cpu"), inits=("ghn", "default"), **kw)
+        first["image"]["tiny"]["inits"]["default"]["acc"][2] = -1.0  # a marker: reused, not re-measured
+        again = quality.run(ghn, torch.device("cpu"), inits=("ghn", "default"), reuse=first, **kw)
+        assert again["image"]["tiny"]["inits"]["default"]["acc"][2] == -1.0
+        inits = again["image"]["tiny"]["inits"]
+        assert inits["default"]["reused"] and "reused" not in inits["ghn"]
+        with pytest.raises(ValueError, match="protocol"):
+            quality.run(ghn, torch.device("cpu"), inits=("default",), reuse={**first, "protocol": {}}, **kw)

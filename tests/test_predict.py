@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from ghn import CoverageWarning, build_graph
+from ghn.graph import residual_branch_ends
 from ghn.errors import ConfigError
 
 from conftest import tiny_bert, tiny_gpt2, tiny_llama
@@ -86,12 +87,45 @@ def test_classifier_reinit_and_bn_recalibrate(tiny_ghn):
     assert model.bn1.running_var.mean() > 1.5  # statistics of the (scaled) data, not the reset values
 
 
+def test_branch_scale_shrinks_exactly_the_gains_that_end_residual_branches(tiny_ghn):
+    model = MODELS["resnet18"]()
+    x = torch.randn(2, 1, 28, 28)
+    graph = build_graph(model, x)
+    ends = {graph.nodes[i].name for i in residual_branch_ends(graph)}
+    assert ends == {f"layer{s}.{b}.bn2" for s in range(1, 5) for b in range(2)}  # not bn1, not downsample BNs
+    pred = tiny_ghn.predict_params(model, x)
+    tiny_ghn.predict(model, x, branch_scale=0.1)
+    for name, p in model.named_parameters():
+        scaled = name.endswith(".bn2.weight")
+        torch.testing.assert_close(p, pred[name] * 0.1 if scaled else pred[name], msg=name)
+    tiny_ghn.config.branch_scale = 0.0  # the predictor's own default applies when the argument is omitted
+    try:
+        tiny_ghn.predict(model, x)
+    finally:
+        tiny_ghn.config.branch_scale = 1.0
+    assert model.layer1[0].bn2.weight.abs().max() == 0
+    assert torch.equal(model.layer1[0].bn2.bias, pred["layer1.0.bn2.bias"])
+
+
+def test_branch_ends_of_layer_scale_and_plain_nets():
+    convnext = MODELS["convnext_atto"]()
+    g = build_graph(convnext, INPUTS["convnext_atto"])
+    ends = [g.nodes[i] for i in residual_branch_ends(g)]
+    assert len(ends) == 12 and all(n.op == "layer_scale" for n in ends)  # one per block, through its mul
+    plain = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+    plain(torch.randn(2, 1, 28, 28))
+    assert residual_branch_ends(build_graph(plain, torch.randn(2, 1, 28, 28))) == []
+
+
 def test_bad_options_are_config_errors(tiny_ghn):
     model = nn.Linear(3, 3)
     with pytest.raises(ConfigError):
         tiny_ghn.predict(model, torch.randn(2, 3), classifier="keep")
     with pytest.raises(ConfigError, match="bn_data"):
         tiny_ghn.predict(model, torch.randn(2, 3), bn="recalibrate")
+    for bad in (-0.5, float("nan"), "0.1"):
+        with pytest.raises(ConfigError, match="branch_scale"):
+            tiny_ghn.predict(model, torch.randn(2, 3), branch_scale=bad)
 
 
 def test_coverage_warning_when_incomplete(tiny_ghn):

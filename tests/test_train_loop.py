@@ -104,6 +104,20 @@ def test_resume_in_process_is_bit_exact(reference, tmp_path):
     assert [r["step"] for r in read_metrics(tmp_path / "resumed" / "metrics.jsonl")] == list(range(1, 7))
 
 
+def test_init_from_takes_the_weights_and_starts_afresh(reference, tmp_path):
+    out, _, _ = reference
+    cfg = _tiny(init_from=str(out), out=str(tmp_path / "warm"), steps=1, ckpt_every=1)
+    before = _weights(out / "ckpt-0000006")
+    train(cfg)
+    state = load_checkpoint(tmp_path / "warm").state
+    assert state["arch_stream"][0]["position"] == cfg.meta_batch  # a fresh stream and schedule, not a resume
+    after = _weights(tmp_path / "warm" / "ckpt-0000001")
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert moved and max((after[k] - before[k]).abs().max().item() for k in moved) < 10 * cfg.lr  # one small step
+    with pytest.raises(ConfigError, match="other sizes"):
+        train(_tiny(init_from=str(out), out=str(tmp_path / "other"), ghn_overrides={"hidden_dim": 16}, steps=1))
+
+
 def test_sigkill_mid_run_then_resume_matches_uninterrupted(reference, tmp_path):
     out, _, _ = reference
     run = tmp_path / "killed"

@@ -8,7 +8,7 @@ import torch
 import model_zoo as mz
 from ghn.errors import ConfigError
 
-SEEDS = {"cnn": 8, "vit": 8, "mlp": 8, "gpt": 4, "llama": 4, "nanolm": 6, "timm": 3}
+SEEDS = {"cnn": 8, "vit": 8, "mlp": 8, "gpt": 4, "llama": 4, "nanolm": 6, "timm": 3, "realnet": 7}
 
 
 @pytest.mark.parametrize("family", list(SEEDS))
@@ -19,7 +19,7 @@ def test_samples_build_on_meta_and_graph(family):
         model = spec.build(device="meta")
         assert time.perf_counter() - t < 1.0, f"{family} seed {seed} builds slowly on meta"
         n = mz.count_params(model)
-        if family in ("cnn", "vit", "mlp"):
+        if family in ("cnn", "vit", "mlp", "realnet"):
             assert 5_000 <= n <= 500_000, (seed, n)
         graph = mz.graph_of(spec)
         assert graph.coverage.fraction == 1.0, (seed, graph.coverage.missing)
@@ -85,3 +85,22 @@ def test_nanolm_is_a_hand_written_decoder_of_every_kind():
     assert not torch.allclose(model(ids)[0, 20:], model(other)[0, 20:])
     with pytest.raises(ConfigError, match="heads"):
         mz.get_family("nanolm").build({**spec.hparams, "width": 30, "n_head": 4})
+
+
+@pytest.mark.parametrize("kind", mz.realnet.KINDS)
+def test_realnet_kinds_are_timm_structures_below_the_named_real_world_nets(kind):
+    spec = mz.sample_arch("realnet", seed=1, kinds=[kind], max_params=200_000)
+    model = spec.build()
+    assert spec.hparams["kind"] == kind and mz.count_params(model) <= 200_000
+    assert type(model).__module__.startswith("timm.models")
+    with torch.no_grad():
+        assert model.eval()(spec.example_inputs()).shape == (2, 10)
+    hp = spec.hparams  # never as wide or deep as ResNet-18, RegNetX-200MF, MobileNetV3-050, DeiT-Tiny, Mixer-128
+    assert hp.get("width", 0) < 128 and hp.get("channel_multiplier", 0) < 0.5 and hp.get("depth", 0) < 12
+
+
+def test_realnet_rejects_unknown_kinds():
+    with pytest.raises(ConfigError, match="resnet"):
+        mz.sample_arch("realnet", seed=0, kinds=["densenet"])
+    with pytest.raises(ConfigError, match="realnet hparams"):
+        mz.get_family("realnet").build({"kind": "resnet"})

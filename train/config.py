@@ -53,6 +53,8 @@ class TrainConfig:
     seed: int = _f(0, "Run", "seed of the GHN init, the data order and the arch stream")
     device: str = _f("auto", "Run", "cpu, cuda, cuda:1, ... or auto (cuda when available)")
     resume: str | None = _f(None, "Run", "a run directory (its latest checkpoint) or one checkpoint directory")
+    init_from: str | None = _f(None, "Run", "warm start: a GHN directory (a checkpoint or a released predictor) "
+                               "whose weights start this run; optimizer, schedule and arch stream start afresh")
     ckpt_every: int = _f(100, "Run", "write a checkpoint every K steps (and always at the end)")
     keep_checkpoints: int = _f(2, "Run", "how many step checkpoints to keep (older ones are deleted; 0 keeps all)")
     log_every: int = _f(10, "Run", "append a line to metrics.jsonl every N steps")

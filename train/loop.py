@@ -35,8 +35,9 @@ from tqdm import tqdm
 from ghn import GHN, GHNConfig, Graph
 from ghn.errors import ConfigError
 
-from .checkpoint import (CONFIG_YAML, Checkpoint, atomic_write_text, check_run_dir, clean_partial_saves, git_hash,
-                         load_checkpoint, load_optimizer_state, optimizer_state, save_checkpoint)
+from .checkpoint import (CONFIG_YAML, Checkpoint, atomic_write_text, check_run_dir, clean_partial_saves,
+                         find_checkpoint, git_hash, load_checkpoint, load_optimizer_state, optimizer_state,
+                         save_checkpoint)
 from .config import TrainConfig
 from .datasets import ImageSource, TextSource
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, init_distributed, shutdown
@@ -164,6 +165,11 @@ def _train(cfg: TrainConfig, info: DistInfo, command: str | None, data: ImageSou
     arch_state = None
     if ckpt is not None:
         start, arch_state = _restore(ckpt, ghn, opt, sched, counters, cfg, info)
+    elif cfg.init_from:  # warm start: the weights only; optimizer, schedule and arch stream start afresh
+        src = Path(cfg.init_from)
+        src = src if (src / "config.json").is_file() else find_checkpoint(src)  # a run dir: its latest checkpoint
+        _load_weights(ghn, src, info.device, "set ghn_preset / ghn_overrides to the sizes of that GHN")
+        logger.info("initialised the GHN from %s", cfg.init_from)
     ghn.train()
 
     stream = _arch_dataset(cfg, info, arch_state, task)
@@ -336,19 +342,24 @@ def _save(out: Path, step: int, ghn: GHN, opt, sched, counters: Counters, cfg: T
     logger.info("checkpoint %s", path)
 
 
-def _restore(ckpt: Checkpoint, ghn: GHN, opt, sched, counters: Counters, cfg: TrainConfig,
-             info: DistInfo) -> tuple[int, list[dict] | None]:
-    """Load GHN, optimizer, schedule, counters and this rank's RNG state; returns (step, arch stream states)."""
-    saved = GHN.from_pretrained(ckpt.path, device=info.device)  # strict; raises CheckpointError
+def _load_weights(ghn: GHN, path: str | Path, device: torch.device, fix: str) -> None:
+    """Copy the weights of the GHN saved at ``path`` into ``ghn``; ConfigError when its sizes differ."""
+    saved = GHN.from_pretrained(path, device=device)  # strict; raises CheckpointError
     ignore = {"trained", "notes", "num_classes", "input_shape", "task", "vocab_size", "input_mean",
-              "input_std"}  # metadata, not architecture
+              "input_std", "branch_scale"}  # metadata, not architecture
     mine = {k: v for k, v in ghn.config.to_dict().items() if k not in ignore}
     theirs = {k: v for k, v in saved.config.to_dict().items() if k not in ignore}
     if mine != theirs:
         diff = sorted(k for k in mine if mine[k] != theirs.get(k))
-        raise ConfigError(f"{ckpt.path} holds a GHN with other sizes ({diff}); resume with its own ghn_preset / "
-                          "ghn_overrides (omit them and they are read from the checkpoint)")
+        raise ConfigError(f"{path} holds a GHN with other sizes ({diff}); {fix}")
     ghn.load_state_dict(saved.state_dict())
+
+
+def _restore(ckpt: Checkpoint, ghn: GHN, opt, sched, counters: Counters, cfg: TrainConfig,
+             info: DistInfo) -> tuple[int, list[dict] | None]:
+    """Load GHN, optimizer, schedule, counters and this rank's RNG state; returns (step, arch stream states)."""
+    _load_weights(ghn, ckpt.path, info.device, "resume with its own ghn_preset / ghn_overrides (omit them and "
+                  "they are read from the checkpoint)")
     load_optimizer_state(opt, ckpt.tensors, ckpt.state["optimizer"])
     sched.load_state_dict(ckpt.state["scheduler"])
     counters.skipped, counters.archs = int(ckpt.state.get("skipped", 0)), int(ckpt.state.get("archs", 0))
