@@ -10,7 +10,7 @@ from .errors import ConfigError
 __all__ = ["GHNConfig", "PRESETS", "DECODER_VERSION"]
 
 # 1: fixed index codes only (checkpoints up to Dec 2026); 2: learned codes on the data-facing axes.
-DECODER_VERSION = 2
+DECODER_VERSION = 3
 # What a version-1 config means in today's fields: loading one gives exactly the decoder that wrote it.
 _V1_DECODER = dict(data_codes=[0, 0, 0], code_gain=1.0)
 
@@ -41,6 +41,10 @@ class GHNConfig:
     data_codes: list[int] = field(default_factory=lambda: [4096, 64, 1024])
     code_gain: float = 30.0  # learned codes are multiplied by it: their learning-rate multiplier under Adam
     decoder_version: int = DECODER_VERSION  # which decoder wrote a checkpoint (see GHNConfig.upgrade)
+    # Decoder v3: a linear reading a flattened conv map (columns = channels x positions) is predicted on its
+    # channels' codes and spread over the positions: global average pooling, then a linear (v1/v2: False, they
+    # gave every column its own code, which breaks the channel correspondence with the conv that produced it)
+    pooled_flatten: bool = True
     # Metadata about what the GHN was trained for (written to config.json; used by predict() defaults).
     num_classes: int | None = None  # classifier width seen in training (None: unknown / untrained)
     input_shape: list[int] | None = None  # one input: [C, H, W] for images ([1, 28, 28]: Fashion-MNIST), [T] for LMs
@@ -104,7 +108,9 @@ class GHNConfig:
             raise ConfigError(f"decoder_version {version!r} is not one this ghn knows (1..{DECODER_VERSION}); the "
                               "checkpoint was written by a newer ghn: upgrade the package to load it")
         if version == 1:
-            return {**d, **_V1_DECODER, "decoder_version": 1}
+            return {**d, **_V1_DECODER, "pooled_flatten": False, "decoder_version": 1}
+        if version == 2:
+            return {"pooled_flatten": False, **d}
         return dict(d)
 
     def to_dict(self) -> dict[str, Any]:

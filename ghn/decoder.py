@@ -22,6 +22,11 @@ model's input (pixels, input channels), an embedding's rows (tokens) and the row
 its learning-rate multiplier). Those axes mean the same in every model of a task, and fixed codes cap what a first
 layer can see: a GHN trained on one linear classifier reached 0.73 of direct training's accuracy with fixed codes,
 0.98 with learned ones (``benchmarks/results/experiments.md``).
+
+Decoder v3 (``pooled_flatten``): a linear reading a flattened conv map — what hand-written CNNs end with — is
+predicted on the codes of the map's channels and spread evenly over their positions (``ParamQuery.in_spread``):
+pooling, then a linear. v1/v2 gave each of the ``C·H·W`` columns its own code, unrelated to the channel codes of
+the conv before it, and such layers came out near zero (ledger E17).
 """
 from __future__ import annotations
 
@@ -94,12 +99,15 @@ class ParamQuery:
     ``reads_input``: the node consumes the model's input directly (its columns — or an embedding's rows — index
     input features, channels or tokens); ``writes_output``: the node produces the model's output (its rows index
     classes or vocabulary). These axes mean the same thing in every model of a task, so they get learned codes.
+    ``in_spread``: how many of the node's columns each output channel of the nearest parameterised layer upstream
+    feeds (> 1 for a linear reading a flattened conv map; 1 otherwise).
     """
 
     node: int  # row of the embedding matrix
     info: ParamInfo
     reads_input: bool = False
     writes_output: bool = False
+    in_spread: int = 1  # columns per output channel of the producing layer (a flattened C x H x W map: H*W)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -122,7 +130,34 @@ def graph_queries(graph) -> list[ParamQuery]:
     last = len(graph.nodes) - 1
     reads = {dst for src, dst in graph.edges if src == 0}
     writes = {src for src, dst in graph.edges if dst == last}
-    return [ParamQuery(i, info, i in reads, i in writes) for i, info in graph.params]
+    parents: dict[int, list[int]] = {}
+    for src, dst in graph.edges:
+        parents.setdefault(dst, []).append(src)
+    return [ParamQuery(i, info, i in reads, i in writes, _in_spread(graph, parents, i, info))
+            for i, info in graph.params]
+
+
+_SPATIAL_OPS = frozenset({"conv", "dw_conv", "conv_transpose", "batch_norm", "group_norm", "instance_norm"})
+
+
+def _in_spread(graph, parents: dict[int, list[int]], node: int, info: ParamInfo) -> int:
+    """For a linear layer fed by a single chain of parameter-free ops (activation, pooling, flatten) from a conv or a
+    channel norm: its columns per channel of that producer (a flattened map). 1 otherwise — a concat or a sum on the
+    way, another producer, or columns that are not a multiple of the producer's width."""
+    shape = canonical_shape(info.role, info.shape)
+    if len(shape) != 2 or graph.nodes[node].op != "linear":
+        return 1
+    i = node
+    while len(parents.get(i, [])) == 1:
+        i = parents[i][0]
+        own, op = graph.nodes[i].params, graph.nodes[i].op
+        if own:  # the producer: its output width is its first weight's rows, or a norm's size
+            width = canonical_shape(own[0].role, own[0].shape)[0]
+            ok = op in _SPATIAL_OPS and width and shape[1] > width and shape[1] % width == 0
+            return shape[1] // width if ok else 1
+        if op in ("cat", "add", "mul", "matmul", "attention", "input"):
+            return 1
+    return 1
 
 
 def balance_gradients(params: dict[str, torch.Tensor], eps: float = 1e-12) -> dict[str, torch.Tensor]:
@@ -152,9 +187,10 @@ class LowRankDecoder(nn.Module):
     """
 
     def __init__(self, d: int, hidden: int, p: int, r: int, code_seed: int,
-                 data_codes: tuple[int, int, int] = (0, 0, 0), code_gain: float = 1.0):
+                 data_codes: tuple[int, int, int] = (0, 0, 0), code_gain: float = 1.0, pooled_flatten: bool = False):
         super().__init__()
         self.p, self.r = p, r
+        self.pooled_flatten = pooled_flatten
         self.code = IndexCode(p, code_seed)
         # Learned codes start at zero, so an untrained decoder predicts exactly what fixed codes give.
         sizes = dict(zip(("input", "channel", "output"), data_codes))
@@ -291,6 +327,9 @@ class LowRankDecoder(nn.Module):
             # Fan-in scaling, with the fan-in counted where the signal lives: inputs produced by a predicted layer
             # lie in the p-dim span of the codes, where Φ_cᵀΦ_c has eigenvalues ≈ C (not √C) once C > p, so a
             # plain 1/√C would grow activations by √(C/p) per layer. 1/√C · √(p/C) keeps them width-independent.
+            spread = q.in_spread if self.pooled_flatten and ka == kb == 1 and role == "weight" else 1
+            if spread > 1:
+                return self._flattened(rows, cols // spread, spread, u, v, row_codes, col_codes, scale, out)
             scale = scale / math.sqrt(cols * ka * kb) * min(1.0, math.sqrt(p / cols))
         elif role == "embedding":
             scale = scale / math.sqrt(cols)
@@ -304,6 +343,25 @@ class LowRankDecoder(nn.Module):
         w = a @ b.reshape(r, cols * kb)  # (R·ka, C·kb)
         if ka > 1 or kb > 1:
             w = w.view(rows, ka, cols, kb).permute(0, 2, 1, 3)  # a strided view: copy_ into the param reads it
+        return w
+
+    def _flattened(self, rows: int, channels: int, spread: int, u: torch.Tensor, v: torch.Tensor,
+                   row_codes: torch.Tensor, col_codes: torch.Tensor, scale: torch.Tensor,
+                   out: torch.Tensor | None) -> torch.Tensor:
+        """Decoder v3, a linear reading a flattened ``channels x positions`` map (``torch.flatten`` order: column
+        ``j`` is channel ``j // spread``): predicted as a ``channels``-column layer on the channels' own codes —
+        the codes the producing layer's rows carry — and spread evenly over each channel's positions, i.e. global
+        average pooling then that layer. Per-position codes would break the channel correspondence with the
+        producer, and the GHN meets pooled heads far more often than flattened ones.
+
+        Shapes: u (1, p, r), v (1, r, p); returns (rows, channels · spread).
+        """
+        p, r = self.p, self.r
+        scale = scale / math.sqrt(channels) * min(1.0, math.sqrt(p / channels)) / spread
+        a = row_codes[:rows] @ (u[0] * scale)  # (R, r)
+        w = (a @ (v[0] @ col_codes[:channels].t())).repeat_interleave(spread, dim=1)  # (R, channels · spread)
+        if out is not None:
+            return out.view(rows, channels * spread).copy_(w)
         return w
 
     def _vector(self, q: ParamQuery, vec: torch.Tensor, codes: torch.Tensor, gain: torch.Tensor,

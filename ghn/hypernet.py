@@ -66,7 +66,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         self.encoder = GraphEncoder(c.hidden_dim, c.num_layers, c.num_heads, c.max_hops, c.max_degree, c.ffn_ratio,
                                     c.dropout)
         self.decoder = LowRankDecoder(c.hidden_dim, c.decoder_hidden, c.basis, c.rank, c.code_seed,
-                                      tuple(c.data_codes), c.code_gain)
+                                      tuple(c.data_codes), c.code_gain, c.pooled_flatten)
         if device is not None:
             self.to(resolve_device(device))
 

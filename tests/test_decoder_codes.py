@@ -1,4 +1,5 @@
-"""Decoder v2: learned codes on the data-facing axes, version handling of checkpoints, the ceiling benchmark."""
+"""Decoder v2: learned codes on the data-facing axes; v3: flattened conv maps read as pooled channels; version
+handling of checkpoints; the ceiling benchmark."""
 import json
 
 import pytest
@@ -62,6 +63,45 @@ def test_a_version_1_checkpoint_loads_as_the_decoder_that_wrote_it(tmp_path):
     model = nn.Sequential(nn.Linear(4, 3))
     g = build_graph(model, torch.randn(2, 4))
     assert torch.equal(ghn(g)[0]["0.weight"], saved.eval()(g)[0]["0.weight"])
+
+
+def _flatten_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(4 * 36, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def test_v3_predicts_a_flattened_map_reader_as_pooling_then_a_linear(tmp_path):
+    model = _flatten_cnn()
+    g = build_graph(model, torch.randn(2, 1, 6, 6))
+    spread = {q.info.name: q.in_spread for q in graph_queries(g)}
+    assert spread["4.weight"] == 36 and spread["6.weight"] == 1 and spread["0.weight"] == 1
+    torch.manual_seed(0)
+    ghn = GHN(GHNConfig.preset("tiny")).eval()
+    assert ghn.config.pooled_flatten and ghn.config.decoder_version == 3
+    w = ghn(g)[0]["4.weight"].view(8, 4, 36)  # (rows, channels, positions), torch.flatten order
+    assert torch.allclose(w, w[..., :1].expand_as(w)) and w.abs().sum() > 0  # one value per channel
+    # a version-2 checkpoint keeps its own rule: every column its own code
+    ghn.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.pop("pooled_flatten")
+    cfg["decoder_version"] = 2
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    v2 = GHN.from_pretrained(tmp_path)
+    assert not v2.config.pooled_flatten
+    w2 = v2(g)[0]["4.weight"].view(8, 4, 36)
+    assert not torch.allclose(w2, w2[..., :1].expand_as(w2))
+    assert torch.equal(v2(g)[0]["6.weight"], ghn(g)[0]["6.weight"])  # nothing else changes
+
+
+def test_v3_flattened_reader_streams_into_a_meta_model_like_a_cpu_one():
+    torch.manual_seed(0)
+    ghn = GHN(GHNConfig.preset("tiny")).eval()
+    x = torch.randn(2, 1, 6, 6)
+    cpu = ghn.predict(_flatten_cnn(), x)
+    with torch.device("meta"):
+        meta = _flatten_cnn()
+    ghn.predict(meta, x)
+    assert all(torch.equal(a, b) for a, b in zip(cpu.parameters(), meta.parameters()))
 
 
 def test_a_checkpoint_from_a_newer_decoder_is_refused_clearly(tmp_path):
