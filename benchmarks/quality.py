@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -374,7 +375,8 @@ def to_markdown(res: dict, label: str, env: dict) -> str:
              f"Test accuracy (%) on {p['test_images']:,} Fashion-MNIST test images. **Zero-shot** = no training "
              f"(BatchNorm statistics recomputed from {p['bn_batches']} training batches of {p['bn_batch']}, for every "
              f"init); **fine-tuned N steps** = SGD lr {p['lr']}, momentum {p['momentum']}, batch {p['batch']}, same "
-             "data order and seed for every init. All archs are held out from meta-training.\n",
+             "data order and seed for every init. All archs are held out from meta-training."
+             + (f" Command: `{res['command']}`." if res.get("command") else "") + "\n",
              md_table(rows, digits=3)]
     s = res.get("summary") or {}
     if s:
@@ -392,7 +394,8 @@ def to_markdown(res: dict, label: str, env: dict) -> str:
             parts.append(f"- {name} set ({v['n']} archs): zero-shot mean {v['zero_shot_ghn_mean']:.1f} %, ≥ default "
                          f"+ 5 points after {s['early_step']} steps on {100 * v['frac_beats_by_5_at_early_step']:.0f} "
                          f"%, worst GHN − default after {max(steps)} steps {v['worst_gap_at_last_step']:+.1f} points "
-                         "(goal ≥ −1)")
+                         + ("(goal ≥ −1)" if max(steps) >= 500 else "(the goal, ≥ −1 after 500 steps, is not "
+                            "measured by this run)"))
     return "\n".join(parts)
 
 
@@ -455,6 +458,11 @@ def main(argv: list[str] | None = None) -> None:
                         "(a few minutes on CPU)")
     p.add_argument("--inits", nargs="*", default=["ghn", "default", "lsuv"], choices=INIT_NAMES,
                    help="image inits (ghn: predict() with the predictor's own branch_scale; ghn_raw: branch_scale=1)")
+    p.add_argument("--eval-steps", default=None,
+                   help="comma-separated SGD steps to evaluate at, 0 = zero-shot (default 0,25,50,100,200,500; quick "
+                        "0,25,100)")
+    p.add_argument("--test-images", type=int, default=None,
+                   help="evaluate on the first N Fashion-MNIST test images (default: all 10,000; quick 1,000)")
     p.add_argument("--reuse", type=Path, default=None,
                    help="an earlier image results .json: take its default/LSUV results (same protocol) instead of "
                         "re-running them; the GHN inits always run")
@@ -485,9 +493,11 @@ def main(argv: list[str] | None = None) -> None:
         res = quality_lm.run(ghn, device, args.quick, seed=args.seed, fortunes_dir=args.fortunes_dir)
     else:
         reuse = _int_steps(json.loads(args.reuse.read_text())) if args.reuse else None
+        steps = tuple(int(s) for s in args.eval_steps.split(",")) if args.eval_steps else None
         res = run(ghn, device, args.quick, inits=tuple(args.inits), seed=args.seed, fmnist_dir=args.fmnist_dir,
-                  reuse=reuse)
-    res.update(env=env, ghn=label, quick=args.quick, seconds=time.perf_counter() - t)
+                  reuse=reuse, eval_steps=steps, test_limit=args.test_images)
+    res.update(env=env, ghn=label, quick=args.quick, seconds=time.perf_counter() - t,
+               command=" ".join(["python -m benchmarks.quality", *(argv if argv is not None else sys.argv[1:])]))
     name = ("quality_lm" if args.task == "lm" else "quality") + ("_quick" if args.quick else "")
     plot_fn(res, args.out / f"{name}.png")
     md = markdown(res, label, env)

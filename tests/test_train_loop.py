@@ -257,6 +257,14 @@ def test_release_writes_hub_layout_with_a_model_card(reference, tmp_path):
     assert "tiny_cpu.yaml" in card and "| all | 2 | 31.5 | 9.5 |" in card and "beats the default init on 2 of 2" in card
     assert "python -m train.evaluate --archs 2" in card
     assert GHN.from_pretrained(tmp_path / "ghn-x").config.trained
+    # a measured calibration travels in config.json and the card says so
+    (tmp_path / "q.md").write_text("# Quality\n\nGHN: x.\n\n## Goals\n\n- real set: MISSED")
+    assert release_main([str(out), "--to", str(tmp_path / "ghn-y"), "--branch-scale", "0.1",
+                         "--quality", str(tmp_path / "q.md")]) == 0
+    released = GHN.from_pretrained(tmp_path / "ghn-y")
+    assert released.config.branch_scale == 0.1 and released.config.decoder_version == 3
+    card = (tmp_path / "ghn-y" / "README.md").read_text()
+    assert "by 0.1" in card and "### Goals" in card and "- real set: MISSED" in card
 
 
 def test_curves_draw_bits_per_token(tmp_path, monkeypatch):

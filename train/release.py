@@ -65,7 +65,10 @@ def _intro(ghn: GHN, name: str, preset: str) -> list[str]:
             f"A graph hypernetwork (package `ghn`, {n:,} parameters, preset `{preset}`) meta-trained to predict the "
             f"parameters of {what}, in one forward pass.", "",
             "```python", "from ghn import GHN", f'ghn = GHN.from_pretrained("checkpoints/{name}")',
-            f"model = ghn.predict(model)   # {takes}: parameters written in place", "```", "", note]
+            f"model = ghn.predict(model)   # {takes}: parameters written in place", "```", "", note] + (
+            ["", f"`predict` multiplies the gain that ends each residual branch by {c.branch_scale:g} (`config.json` "
+             "`branch_scale`, measured below: residual nets fine-tune better from it); `branch_scale=1.0` gives the "
+             "raw prediction."] if c.branch_scale != 1.0 else [])
 
 
 def _zero_shot_section(evaluation: dict[str, Any]) -> list[str]:
@@ -92,11 +95,14 @@ def _zero_shot_section(evaluation: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _quality_section(report: str) -> list[str]:
-    """A benchmark report (the Markdown of ``python -m benchmarks.quality --task lm``), one heading level down."""
+def _quality_section(report: str, task: str | None) -> list[str]:
+    """A benchmark report (the Markdown of ``python -m benchmarks.quality``), one heading level down."""
     body = report.split("\n", 1)[1] if report.startswith("# ") else report  # drop the report's own title
+    how = ("`python -m benchmarks.quality --task lm` (writes `benchmarks/results/quality_lm.md`)" if task == "lm" else
+           "`python -m benchmarks.quality` (writes `benchmarks/results/quality.md`; the command in the report's "
+           "first lines says which steps and test images)")
     return ["", "## Evaluation: held-out models, zero-shot and fine-tuned", "", body.strip().replace("\n## ", "\n### "),
-            "", "Re-measure: `python -m benchmarks.quality --task lm` (writes `benchmarks/results/quality_lm.md`)."]
+            "", f"Re-measure: {how}."]
 
 
 def model_card(ghn: GHN, state: dict[str, Any], train_cfg: dict[str, Any], summary: dict[str, Any],
@@ -104,7 +110,7 @@ def model_card(ghn: GHN, state: dict[str, Any], train_cfg: dict[str, Any], summa
     """The README.md of a released predictor (YAML front matter for the Hub, then Markdown).
 
     ``evaluation``: JSON of ``python -m train.evaluate --out`` (image predictors); ``quality``: the Markdown report
-    of ``python -m benchmarks.quality --task lm`` (LM predictors).
+    of ``python -m benchmarks.quality`` (``--task lm`` for LM predictors).
     """
     notes = ghn.config.notes
     unit = "images" if ghn.config.task != "lm" else f"windows of {ghn.config.input_shape[0]} tokens"
@@ -128,24 +134,32 @@ def model_card(ghn: GHN, state: dict[str, Any], train_cfg: dict[str, Any], summa
     if evaluation:
         lines += _zero_shot_section(evaluation)
     if quality:
-        lines += _quality_section(quality)
+        lines += _quality_section(quality, ghn.config.task)
     lines += ["", "## Configuration", "", "```json", json.dumps(ghn.config.to_dict(), indent=1), "```", ""]
     return "\n".join(lines)
 
 
 def release(checkpoint: str | Path, to: str | Path, evaluation: dict[str, Any] | None = None,
-            command: str | None = None, code: str | None = None, quality: str | None = None) -> Path:
+            command: str | None = None, code: str | None = None, quality: str | None = None,
+            branch_scale: float | None = None, pooled_flatten: bool = False) -> Path:
     """Copy the GHN of ``checkpoint`` (a run or checkpoint directory) to ``to`` with a model card.
 
     Args:
         evaluation: the JSON of ``python -m train.evaluate --out``.
-        quality: the Markdown report of ``python -m benchmarks.quality --task lm`` (LM predictors).
+        quality: the Markdown report of ``python -m benchmarks.quality`` (``--task lm`` for LM predictors).
         command: the training command to record instead of the one the run saw (e.g. with repo-relative paths).
         code: where the training code came from, when the checkpoint's git hash is missing or not the whole story.
+        branch_scale: the predictor's calibration for ``predict(branch_scale=None)`` (measured, not trained).
+        pooled_flatten: release a decoder-v1/v2 checkpoint as decoder v3 (same weights; only linears reading a
+            flattened conv map are predicted differently: pooled).
     """
     ckpt = load_checkpoint(checkpoint)
     ghn = GHN.from_pretrained(ckpt.path)
     ghn.config.trained = True
+    if branch_scale is not None:
+        ghn.config.branch_scale = float(branch_scale)
+    if pooled_flatten and not ghn.config.pooled_flatten:
+        ghn.config.pooled_flatten, ghn.config.decoder_version = True, 3
     state = dict(ckpt.state)
     if command:
         state["command"] = ghn.config.notes["command"] = command
@@ -168,15 +182,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--to", required=True, help="output directory (Hub layout)")
     p.add_argument("--eval", default=None, help="JSON written by `python -m train.evaluate --out`")
     p.add_argument("--quality", default=None,
-                   help="Markdown report of `python -m benchmarks.quality --task lm` (LM predictors), e.g. "
-                        "benchmarks/results/quality_lm.md")
+                   help="Markdown report of `python -m benchmarks.quality` to embed, e.g. "
+                        "benchmarks/results/quality.md or quality_lm.md")
     p.add_argument("--command", default=None, help="training command to record (default: the one the run saw)")
     p.add_argument("--code", default=None, help="where the training code came from (default: the run's git hash)")
+    p.add_argument("--branch-scale", type=float, default=None,
+                   help="the predictor's default predict(branch_scale=...), a calibration measured by "
+                        "`python -m benchmarks.quality --inits ghn ghn_raw ...` (default: keep the checkpoint's)")
+    p.add_argument("--pooled-flatten", action="store_true",
+                   help="release a decoder-v2 checkpoint as decoder v3 (flattened conv maps read as pooled channels)")
     args = p.parse_args(argv)
     try:
         evaluation = json.loads(Path(args.eval).read_text()) if args.eval else None
         quality = Path(args.quality).read_text() if args.quality else None
-        print(release(args.checkpoint, args.to, evaluation, args.command, args.code, quality))
+        print(release(args.checkpoint, args.to, evaluation, args.command, args.code, quality, args.branch_scale,
+                      args.pooled_flatten))
     except (GHNError, OSError, json.JSONDecodeError) as e:
         print(f"train.release: error: {e}", file=sys.stderr)
         return 1
