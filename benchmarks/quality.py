@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from ghn import GHN
 from ghn.domain import graph_for
+from ghn.graph import residual_branch_ends
 from train.data import stream_seed
 from train.evaluate import BN_BATCH_SIZE, BN_BATCHES, ImageEvalData, accuracy, bn_batches, zero_shot_accuracy
 
@@ -235,6 +236,7 @@ def init_model(name: str, arch: Arch, ghn: GHN, device: torch.device, example: t
         graph, _ = graph_for(ghn.config, model, example, ghn.config.max_hops)  # built once: coverage + predict
         info["coverage"] = graph.coverage.fraction
         info["branch_scale"] = ghn.config.branch_scale if name == "ghn" else 1.0
+        info["branch_ends"] = len(residual_branch_ends(graph))
         ghn.predict(model, graph=graph, branch_scale=info["branch_scale"])
     elif name == "lsuv":
         if data_batch is None:
@@ -316,6 +318,10 @@ def run(ghn: GHN, device: torch.device, quick: bool = False, inits: tuple[str, .
         for name in inits:
             if name not in GHN_INITS and name in old.get("inits", {}) and old.get("spec") == arch.spec:
                 row["params"], row["inits"][name] = old["params"], {**old["inits"][name], "reused": True}
+                continue
+            same = row["inits"].get("ghn", {})
+            if name == "ghn_raw" and same and (same["branch_scale"] == 1.0 or same["branch_ends"] == 0):
+                row["inits"][name] = {**same, "branch_scale": 1.0, "same_as_ghn": True}  # the identical model
                 continue
             t = time.perf_counter()
             model, info = init_model(name, arch, ghn, device, example, lsuv_batch)

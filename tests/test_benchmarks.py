@@ -230,5 +230,7 @@ def test_reuse_takes_default_results_and_reruns_the_ghn(ghn):
         assert again["image"]["tiny"]["inits"]["default"]["acc"][2] == -1.0
         inits = again["image"]["tiny"]["inits"]
         assert inits["default"]["reused"] and "reused" not in inits["ghn"]
+        both = quality.run(ghn, torch.device("cpu"), inits=("ghn", "ghn_raw"), **kw)["image"]["tiny"]["inits"]
+        assert both["ghn_raw"]["same_as_ghn"] and both["ghn_raw"]["acc"] == both["ghn"]["acc"]  # no residual branch
         with pytest.raises(ValueError, match="protocol"):
             quality.run(ghn, torch.device("cpu"), inits=("default",), reuse={**first, "protocol": {}}, **kw)
