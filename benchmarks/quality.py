@@ -356,7 +356,9 @@ def summarize(res: dict) -> dict:
             gap = {s: [r["inits"]["ghn"]["acc"][s] - r["inits"]["default"]["acc"][s] for r in rows] for s in steps}
             out["sets"][name] = {"n": len(rows), "zero_shot_ghn_mean": statistics.fmean(
                 r["inits"]["ghn"]["acc"][0] for r in rows), "frac_beats_by_5_at_early_step": sum(
-                g >= 5 for g in gap[early]) / len(rows), "worst_gap_at_last_step": min(gap[max(steps)])}
+                g >= 5 for g in gap[early]) / len(rows), "worst_gap_at_last_step": min(gap[max(steps)]),
+                "mean_acc": {init: {s: statistics.fmean(r["inits"][init]["acc"][s] for r in rows) for s in steps}
+                             for init in out["mean_acc"]}}
     return out
 
 
@@ -389,6 +391,11 @@ def to_markdown(res: dict, label: str, env: dict) -> str:
         mean_rows = [{"init": k, **{("zero-shot" if st == 0 else f"{st} steps"): v[st] for st in steps}}
                      for k, v in s["mean_acc"].items()]
         parts += ["\n## Mean over archs\n", md_table(mean_rows)]
+        set_rows = [{"set": f"{name} ({v['n']})", "init": k, **{("zero-shot" if st == 0 else f"{st} steps"): a[st]
+                                                              for st in steps}}
+                    for name, v in s.get("sets", {}).items() if "mean_acc" in v for k, a in v["mean_acc"].items()]
+        if set_rows:
+            parts += ["\n## Mean per set\n", md_table(set_rows)]
         zs = s["zero_shot_ghn_mean"]
         parts += ["\n## Goals\n", f"- Mean zero-shot accuracy of the GHN init: {zs:.1f} % (goal ≥ 70 %): "
                   f"{'met' if zs >= 70 else 'MISSED'}"]
