@@ -24,6 +24,7 @@ writes ``results/quality_lm{_quick}.*``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -221,6 +222,16 @@ def lsuv_(model: nn.Module, x: torch.Tensor, tol: float = 0.1, max_iter: int = 1
     return model
 
 
+def ghn_fingerprint(ghn: GHN) -> str:
+    """sha256 over the GHN's config (prediction options included) and weights: which predictor measured a row."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in ghn.config.to_dict().items() if k != "notes"},
+                                  sort_keys=True).encode())
+    for k, v in sorted(ghn.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def init_model(name: str, arch: Arch, ghn: GHN, device: torch.device, example: torch.Tensor,
                data_batch: torch.Tensor | None) -> tuple[nn.Module, dict]:
     """Build ``arch`` with its default init on ``device`` and apply initialisation ``name``.
@@ -296,11 +307,13 @@ def load_image_data(device: torch.device, data_dir: Path | None = None, test_ima
 
 def run(ghn: GHN, device: torch.device, quick: bool = False, inits: tuple[str, ...] = ("ghn", "default", "lsuv"),
         archs: list[Arch] | None = None, test_limit: int | None = None, eval_steps: tuple[int, ...] | None = None,
-        seed: int = 0, fmnist_dir: Path | None = None, reuse: dict | None = None) -> dict:
+        seed: int = 0, fmnist_dir: Path | None = None, reuse: list[dict] | None = None) -> dict:
     """Evaluate every (arch, init); returns the JSON-able results.
 
-    ``reuse``: an earlier run's results; its default and LSUV results are taken for the archs it has (they do not
-    depend on the GHN) when its protocol is this run's, so re-evaluating a new predictor only runs the GHN inits.
+    ``reuse``: earlier runs' results, first match wins: an (arch, init) result is taken instead of re-measured
+    when that run's protocol is this run's, and — for the GHN inits — its GHN is this one (same weights and
+    config, :func:`ghn_fingerprint`). Default and LSUV results do not depend on the GHN, so re-evaluating a new
+    predictor only runs the GHN inits, and runs split over processes merge into one report.
     """
     eval_steps = eval_steps or ((0, 25, 100) if quick else (0, 25, 50, 100, 200, 500))
     test_limit = test_limit if test_limit is not None else (1000 if quick else None)
@@ -310,13 +323,18 @@ def run(ghn: GHN, device: torch.device, quick: bool = False, inits: tuple[str, .
     res: dict = {"protocol": {"eval_steps": list(eval_steps), "test_images": len(data.test_y), "lr": LR,
                               "momentum": MOMENTUM, "batch": BATCH, "bn_batches": BN_BATCHES,
                               "bn_batch": BN_BATCH_SIZE, "seed": seed}, "image": {}}
-    if reuse is not None and reuse.get("protocol") != res["protocol"]:
-        raise ValueError(f"--reuse: that run's protocol {reuse.get('protocol')} is not this run's {res['protocol']}")
+    res["ghn_fingerprint"] = ghn_fingerprint(ghn)
+    for old in reuse or []:
+        if old.get("protocol") != res["protocol"]:
+            raise ValueError(f"--reuse: a run's protocol {old.get('protocol')} is not this run's {res['protocol']}")
     for arch in archs if archs is not None else image_archs(quick, seed=seed):
         row: dict = {"family": arch.family, "set": arch.set, "heldout": arch.heldout, "spec": arch.spec, "inits": {}}
-        old = (reuse or {}).get("image", {}).get(arch.name, {})
         for name in inits:
-            if name not in GHN_INITS and name in old.get("inits", {}) and old.get("spec") == arch.spec:
+            found = [(o["image"][arch.name], o) for o in reuse or [] if arch.name in o.get("image", {})
+                     and name in o["image"][arch.name]["inits"] and o["image"][arch.name].get("spec") == arch.spec
+                     and (name not in GHN_INITS or o.get("ghn_fingerprint") == res["ghn_fingerprint"])]
+            if found:
+                old = found[0][0]
                 row["params"], row["inits"][name] = old["params"], {**old["inits"][name], "reused": True}
                 continue
             same = row["inits"].get("ghn", {})
@@ -476,9 +494,9 @@ def main(argv: list[str] | None = None) -> None:
                         "0,25,100)")
     p.add_argument("--test-images", type=int, default=None,
                    help="evaluate on the first N Fashion-MNIST test images (default: all 10,000; quick 1,000)")
-    p.add_argument("--reuse", type=Path, default=None,
-                   help="an earlier image results .json: take its default/LSUV results (same protocol) instead of "
-                        "re-running them; the GHN inits always run")
+    p.add_argument("--reuse", type=Path, nargs="+", default=None,
+                   help="earlier image results .json files: take their results (same protocol; GHN inits only from "
+                        "the same GHN) instead of re-running them, e.g. default/LSUV for a new predictor")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fmnist-dir", type=Path, default=None,
                    help="Fashion-MNIST idx .gz files (default: $GHN_FMNIST_DIR or the Debian package's directory)")
@@ -505,7 +523,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.task == "lm":
         res = quality_lm.run(ghn, device, args.quick, seed=args.seed, fortunes_dir=args.fortunes_dir)
     else:
-        reuse = _int_steps(json.loads(args.reuse.read_text())) if args.reuse else None
+        reuse = [_int_steps(json.loads(f.read_text())) for f in args.reuse or []]
         steps = tuple(int(s) for s in args.eval_steps.split(",")) if args.eval_steps else None
         res = run(ghn, device, args.quick, inits=tuple(args.inits), seed=args.seed, fmnist_dir=args.fmnist_dir,
                   reuse=reuse, eval_steps=steps, test_limit=args.test_images)

@@ -218,19 +218,26 @@ def test_trainability_diagnostics_see_depth_and_rank():
     assert diagnose(model, x, y)["act"][-1] > 50 * d["act"][-1]
 
 
-def test_reuse_takes_default_results_and_reruns_the_ghn(ghn):
+def test_reuse_takes_results_of_the_same_protocol_and_ghn(ghn):
     arch = quality.Arch("tiny", "user", tiny_cnn, "test")
     data, train_y = synthetic_data()
     kw = dict(archs=[arch], eval_steps=(0, 2), test_limit=50)
     from unittest import mock
     with mock.patch.object(quality, "load_image_data", return_value=(data, train_y)):
         first = quality.run(ghn, torch.device("cpu"), inits=("ghn", "default"), **kw)
-        first["image"]["tiny"]["inits"]["default"]["acc"][2] = -1.0  # a marker: reused, not re-measured
-        again = quality.run(ghn, torch.device("cpu"), inits=("ghn", "default"), reuse=first, **kw)
-        assert again["image"]["tiny"]["inits"]["default"]["acc"][2] == -1.0
+        for init in ("ghn", "default"):
+            first["image"]["tiny"]["inits"][init]["acc"][2] = -1.0  # a marker: reused, not re-measured
+        again = quality.run(ghn, torch.device("cpu"), inits=("ghn", "default"), reuse=[first], **kw)
         inits = again["image"]["tiny"]["inits"]
-        assert inits["default"]["reused"] and "reused" not in inits["ghn"]
+        assert inits["default"]["acc"][2] == inits["ghn"]["acc"][2] == -1.0 and inits["ghn"]["reused"]
+        ghn.config.branch_scale = 0.5  # another predictor: its GHN rows are measured again, default still reused
+        try:
+            other = quality.run(ghn, torch.device("cpu"), inits=("ghn", "default"), reuse=[first], **kw)
+        finally:
+            ghn.config.branch_scale = 1.0
+        inits = other["image"]["tiny"]["inits"]
+        assert inits["default"]["reused"] and "reused" not in inits["ghn"] and inits["ghn"]["acc"][2] >= 0
         both = quality.run(ghn, torch.device("cpu"), inits=("ghn", "ghn_raw"), **kw)["image"]["tiny"]["inits"]
         assert both["ghn_raw"]["same_as_ghn"] and both["ghn_raw"]["acc"] == both["ghn"]["acc"]  # no residual branch
         with pytest.raises(ValueError, match="protocol"):
-            quality.run(ghn, torch.device("cpu"), inits=("default",), reuse={**first, "protocol": {}}, **kw)
+            quality.run(ghn, torch.device("cpu"), inits=("default",), reuse=[{**first, "protocol": {}}], **kw)
