@@ -222,9 +222,28 @@ def lsuv_(model: nn.Module, x: torch.Tensor, tol: float = 0.1, max_iter: int = 1
     return model
 
 
+def _reusable(runs: list[dict], arch: Arch, init: str, fingerprint: str, scale: float) -> tuple[int, dict] | None:
+    """``(params, result)`` of ``init`` on ``arch`` from the first run that measured it under this protocol: the
+    same init for default/LSUV; for a GHN init, a GHN row of the same GHN measured with the same branch scale."""
+    for run in runs:
+        old = run.get("image", {}).get(arch.name)
+        if old is None or old.get("spec") != arch.spec:
+            continue
+        if init not in GHN_INITS:
+            if init in old["inits"]:
+                return old["params"], old["inits"][init]
+        elif run.get("ghn_fingerprint") == fingerprint:
+            for name in GHN_INITS:
+                r = old["inits"].get(name)
+                if r is not None and r.get("branch_scale") == scale:
+                    return old["params"], {k: v for k, v in r.items() if k != "same_as_ghn"}
+    return None
+
+
 def ghn_fingerprint(ghn: GHN) -> str:
-    """sha256 over the GHN's config (prediction options included) and weights: which predictor measured a row."""
-    h = hashlib.sha256(json.dumps({k: v for k, v in ghn.config.to_dict().items() if k != "notes"},
+    """sha256 over the GHN's config and weights: which predictor measured a row. ``branch_scale`` is left out: each
+    GHN row records the scale it was measured with, and is reused only for that scale."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in ghn.config.to_dict().items() if k not in ("notes", "branch_scale")},
                                   sort_keys=True).encode())
     for k, v in sorted(ghn.state_dict().items()):
         h.update(k.encode())
@@ -330,12 +349,10 @@ def run(ghn: GHN, device: torch.device, quick: bool = False, inits: tuple[str, .
     for arch in archs if archs is not None else image_archs(quick, seed=seed):
         row: dict = {"family": arch.family, "set": arch.set, "heldout": arch.heldout, "spec": arch.spec, "inits": {}}
         for name in inits:
-            found = [(o["image"][arch.name], o) for o in reuse or [] if arch.name in o.get("image", {})
-                     and name in o["image"][arch.name]["inits"] and o["image"][arch.name].get("spec") == arch.spec
-                     and (name not in GHN_INITS or o.get("ghn_fingerprint") == res["ghn_fingerprint"])]
-            if found:
-                old = found[0][0]
-                row["params"], row["inits"][name] = old["params"], {**old["inits"][name], "reused": True}
+            found = _reusable(reuse or [], arch, name, res["ghn_fingerprint"],
+                              ghn.config.branch_scale if name == "ghn" else 1.0)
+            if found is not None:
+                row["params"], row["inits"][name] = found[0], {**found[1], "reused": True}
                 continue
             same = row["inits"].get("ghn", {})
             if name == "ghn_raw" and same and (same["branch_scale"] == 1.0 or same["branch_ends"] == 0):
