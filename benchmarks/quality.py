@@ -511,6 +511,8 @@ def main(argv: list[str] | None = None) -> None:
                         "0,25,100)")
     p.add_argument("--test-images", type=int, default=None,
                    help="evaluate on the first N Fashion-MNIST test images (default: all 10,000; quick 1,000)")
+    p.add_argument("--set", choices=("zoo", "real"), default=None,
+                   help="only the held-out zoo archs or only the named real-world nets (default: both)")
     p.add_argument("--reuse", type=Path, nargs="+", default=None,
                    help="earlier image results .json files: take their results (same protocol; GHN inits only from "
                         "the same GHN) instead of re-running them, e.g. default/LSUV for a new predictor")
@@ -542,8 +544,9 @@ def main(argv: list[str] | None = None) -> None:
     else:
         reuse = [_int_steps(json.loads(f.read_text())) for f in args.reuse or []]
         steps = tuple(int(s) for s in args.eval_steps.split(",")) if args.eval_steps else None
+        archs = [a for a in image_archs(args.quick, seed=args.seed) if a.set == args.set] if args.set else None
         res = run(ghn, device, args.quick, inits=tuple(args.inits), seed=args.seed, fmnist_dir=args.fmnist_dir,
-                  reuse=reuse, eval_steps=steps, test_limit=args.test_images)
+                  reuse=reuse, eval_steps=steps, test_limit=args.test_images, archs=archs)
     res.update(env=env, ghn=label, quick=args.quick, seconds=time.perf_counter() - t,
                command=" ".join(["python -m benchmarks.quality", *(argv if argv is not None else sys.argv[1:])]))
     name = ("quality_lm" if args.task == "lm" else "quality") + ("_quick" if args.quick else "")

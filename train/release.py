@@ -67,8 +67,8 @@ def _intro(ghn: GHN, name: str, preset: str) -> list[str]:
             "```python", "from ghn import GHN", f'ghn = GHN.from_pretrained("checkpoints/{name}")',
             f"model = ghn.predict(model)   # {takes}: parameters written in place", "```", "", note] + (
             ["", f"`predict` multiplies the gain that ends each residual branch by {c.branch_scale:g} (`config.json` "
-             "`branch_scale`, measured below: residual nets fine-tune better from it); `branch_scale=1.0` gives the "
-             "raw prediction."] if c.branch_scale != 1.0 else [])
+             "`branch_scale`, a calibration measured in the evaluation below: rows `ghn` use it, rows `ghn_raw` do not); "
+             "`branch_scale=1.0` gives the raw prediction."] if c.branch_scale != 1.0 else [])
 
 
 def _zero_shot_section(evaluation: dict[str, Any]) -> list[str]:
