@@ -159,6 +159,6 @@ register_family("realnet", task="image", sample=sample, build=build)
 
 @register_arch
 def test_realnet_regnet() -> ArchSpec:
-    """A 4-block RegNetY (SE, grouped convs, zero-init last BN), one block per stage, 1x28x28."""
+    """A 4-block RegNetX (grouped convs, zero-init last BN), one block per stage, 1x28x28."""
     return ArchSpec("realnet", dict(kind="regnet", input_shape=[1, 28, 28], num_classes=10, depth=4, w0=8, wa=12.0,
-                                    wm=1.5, group_size=4, se_ratio=0.25, stem_width=8))
+                                    wm=1.5, group_size=4, se_ratio=0.0, stem_width=8))

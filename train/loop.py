@@ -345,8 +345,9 @@ def _save(out: Path, step: int, ghn: GHN, opt, sched, counters: Counters, cfg: T
 def _load_weights(ghn: GHN, path: str | Path, device: torch.device, fix: str) -> None:
     """Copy the weights of the GHN saved at ``path`` into ``ghn``; ConfigError when its sizes differ."""
     saved = GHN.from_pretrained(path, device=device)  # strict; raises CheckpointError
+    # metadata and prediction rules, not weight shapes: a v2 predictor warm-starts a v3 run
     ignore = {"trained", "notes", "num_classes", "input_shape", "task", "vocab_size", "input_mean",
-              "input_std", "branch_scale"}  # metadata, not architecture
+              "input_std", "branch_scale", "pooled_flatten", "decoder_version"}
     mine = {k: v for k, v in ghn.config.to_dict().items() if k not in ignore}
     theirs = {k: v for k, v in saved.config.to_dict().items() if k not in ignore}
     if mine != theirs:
