@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from .ops import NORM_OPS
+
 __all__ = ["ROLES", "ROLE_ID", "ParamInfo", "CoverageReport", "param_role", "free_param_op"]
 
 ROLES: tuple[str, ...] = (
@@ -33,7 +35,6 @@ ROLES: tuple[str, ...] = (
 )
 ROLE_ID: dict[str, int] = {r: i for i, r in enumerate(ROLES)}
 
-_NORM_OPS = frozenset({"batch_norm", "layer_norm", "group_norm", "rms_norm", "instance_norm"})
 _MATRIX_OPS = frozenset({"conv", "dw_conv", "linear", "attention", "module"})
 _FREE_PATTERNS: tuple[tuple[re.Pattern, str], ...] = tuple(
     (re.compile(p, re.I), role) for p, role in (
@@ -68,7 +69,7 @@ class ParamInfo:
 
 def param_role(attr: str, full_name: str, ndim: int, op: str | None, module_type: str) -> str:
     """The role of parameter ``attr`` (its attribute name in its module) of a module with op ``op``."""
-    if op in _NORM_OPS:
+    if op in NORM_OPS:
         if attr == "weight":
             return "norm_weight"
         if attr == "bias":

@@ -39,6 +39,7 @@ import torch.nn as nn
 
 from .binding import ROLE_ID, ROLES, ParamInfo
 from .graph import canonical_shape
+from .ops import NORM_OPS
 
 __all__ = ["IndexCode", "LowRankDecoder", "ParamQuery", "balance_gradients", "graph_queries"]
 
@@ -130,14 +131,12 @@ def graph_queries(graph) -> list[ParamQuery]:
     last = len(graph.nodes) - 1
     reads = {dst for src, dst in graph.edges if src == 0}
     writes = {src for src, dst in graph.edges if dst == last}
-    parents: dict[int, list[int]] = {}
-    for src, dst in graph.edges:
-        parents.setdefault(dst, []).append(src)
+    parents = graph.parents()
     return [ParamQuery(i, info, i in reads, i in writes, _in_spread(graph, parents, i, info))
             for i, info in graph.params]
 
 
-_SPATIAL_OPS = frozenset({"conv", "dw_conv", "conv_transpose", "batch_norm", "group_norm", "instance_norm"})
+_SPATIAL_OPS = frozenset({"conv", "dw_conv", "conv_transpose"}) | (NORM_OPS - {"layer_norm", "rms_norm"})
 
 
 def _in_spread(graph, parents: dict[int, list[int]], node: int, info: ParamInfo) -> int:
@@ -158,6 +157,13 @@ def _in_spread(graph, parents: dict[int, list[int]], node: int, info: ParamInfo)
         if op in ("cat", "add", "mul", "matmul", "attention", "input"):
             return 1
     return 1
+
+
+def _fan_in_scaled(scale: torch.Tensor, cols: int, kernel: int, p: int) -> torch.Tensor:
+    """``scale/√fan_in``, with the fan-in counted where the signal lives: inputs produced by a predicted layer lie in
+    the p-dim span of the codes, where Φ_cᵀΦ_c has eigenvalues ≈ C (not √C) once C > p, so a plain 1/√C would grow
+    activations by √(C/p) per layer; 1/√C · √(p/C) keeps them width-independent."""
+    return scale / math.sqrt(cols * kernel) * min(1.0, math.sqrt(p / cols))
 
 
 def balance_gradients(params: dict[str, torch.Tensor], eps: float = 1e-12) -> dict[str, torch.Tensor]:
@@ -324,13 +330,10 @@ class LowRankDecoder(nn.Module):
         scale = scale / (p * math.sqrt(r))
         role = q.info.role
         if role in _FAN_IN_ROLES:
-            # Fan-in scaling, with the fan-in counted where the signal lives: inputs produced by a predicted layer
-            # lie in the p-dim span of the codes, where Φ_cᵀΦ_c has eigenvalues ≈ C (not √C) once C > p, so a
-            # plain 1/√C would grow activations by √(C/p) per layer. 1/√C · √(p/C) keeps them width-independent.
             spread = q.in_spread if self.pooled_flatten and ka == kb == 1 and role == "weight" else 1
             if spread > 1:
                 return self._flattened(rows, cols // spread, spread, u, v, row_codes, col_codes, scale, out)
-            scale = scale / math.sqrt(cols * ka * kb) * min(1.0, math.sqrt(p / cols))
+            scale = _fan_in_scaled(scale, cols, ka * kb, p)
         elif role == "embedding":
             scale = scale / math.sqrt(cols)
         a = (row_codes[:rows] @ (u * scale).permute(1, 0, 2).reshape(p, ka * r)).view(rows * ka, r)  # (R·ka, r)
@@ -357,7 +360,7 @@ class LowRankDecoder(nn.Module):
         Shapes: u (1, p, r), v (1, r, p); returns (rows, channels · spread).
         """
         p, r = self.p, self.r
-        scale = scale / math.sqrt(channels) * min(1.0, math.sqrt(p / channels)) / spread
+        scale = _fan_in_scaled(scale, channels, 1, p) / spread
         a = row_codes[:rows] @ (u[0] * scale)  # (R, r)
         w = (a @ (v[0] @ col_codes[:channels].t())).repeat_interleave(spread, dim=1)  # (R, channels · spread)
         if out is not None:

@@ -22,7 +22,7 @@ import torch.nn as nn
 from .binding import ROLES, CoverageReport, ParamInfo, free_param_op, param_role
 from .errors import GraphError, NotAModuleError, UnsupportedModuleError
 from .inputs import ExampleInputs, resolve_example_inputs
-from .ops import OP_ID, SKIP, autograd_op, module_op
+from .ops import NORM_OPS, OP_ID, SKIP, autograd_op, module_op
 from .trace import trace_model
 
 __all__ = ["Node", "Graph", "build_graph", "canonical_shape", "head_node", "residual_branch_ends", "MAX_HOPS"]
@@ -79,9 +79,7 @@ def canonical_shape(role: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 def head_node(graph: Graph) -> int | None:
     """Index of the classifier / LM head: the linear or conv node with parameters nearest the output, walking edges
     backwards (node order alone is not enough: cells' projections can be listed after the head)."""
-    parents: dict[int, list[int]] = {}
-    for s, d in graph.edges:
-        parents.setdefault(d, []).append(s)
+    parents = graph.parents()
     frontier, seen = [len(graph.nodes) - 1], {len(graph.nodes) - 1}
     while frontier:
         nxt = []
@@ -95,9 +93,6 @@ def head_node(graph: Graph) -> int | None:
     return None
 
 
-NORM_OPS = frozenset({"batch_norm", "layer_norm", "group_norm", "rms_norm", "instance_norm"})
-
-
 def residual_branch_ends(graph: Graph) -> list[int]:
     """Nodes that scale the end of a residual branch: a norm, or a layer scale (through its ``mul``), whose output
     is summed by an ``add`` with another input nearer the graph input (fewer hops): the skip path.
@@ -105,13 +100,8 @@ def residual_branch_ends(graph: Graph) -> list[int]:
     These are the gains libraries initialise at or near zero so that each block starts as the identity (timm's
     ``zero_init_last`` BatchNorm, ConvNeXt's layer scale 1e-6). Returns node indices in graph order.
     """
-    n = len(graph.nodes)
-    parents: dict[int, list[int]] = {}
-    children: dict[int, list[int]] = {}
-    for s, d in graph.edges:
-        parents.setdefault(d, []).append(s)
-        children.setdefault(s, []).append(d)
-    hops = [math.inf] * n  # shortest distance from the input node
+    parents, children = graph.parents(), graph.children()
+    hops = [math.inf] * len(graph.nodes)  # shortest distance from the input node (uncapped, unlike distances())
     hops[0] = 0
     queue = deque([0])
     while queue:
@@ -120,17 +110,24 @@ def residual_branch_ends(graph: Graph) -> list[int]:
             if hops[j] == math.inf:
                 hops[j] = hops[i] + 1
                 queue.append(j)
+
+    def gain_of(p: int) -> int | None:
+        """The node whose parameters scale ``p``'s output: ``p`` itself (a norm), or the layer scale of a mul."""
+        if graph.nodes[p].op in NORM_OPS:
+            return p
+        if graph.nodes[p].op == "mul":
+            return next((q for q in parents.get(p, []) if graph.nodes[q].op == "layer_scale"), None)
+        return None
+
     ends: set[int] = set()
     for a, node in enumerate(graph.nodes):
         ins = parents.get(a, [])
         if node.op != "add" or len(ins) < 2:
             continue
         for p in ins:
-            scale = [p] if graph.nodes[p].op in NORM_OPS else \
-                [q for q in parents.get(p, []) if graph.nodes[q].op == "layer_scale"] if graph.nodes[p].op == "mul" \
-                else []
-            if scale and graph.nodes[scale[0]].params and any(hops[q] < hops[p] for q in ins if q != p):
-                ends.add(scale[0])
+            g = gain_of(p)
+            if g is not None and graph.nodes[g].params and any(hops[q] < hops[p] for q in ins if q != p):
+                ends.add(g)
     return sorted(ends)
 
 
@@ -164,6 +161,20 @@ class Graph:
                 f"params={len(self.param_names)}, {self.coverage.summary()})")
 
     # ---- views -------------------------------------------------------------------------------------------------
+    def parents(self) -> dict[int, list[int]]:
+        """Node index → the indices of the nodes feeding it (absent: none)."""
+        out: dict[int, list[int]] = {}
+        for s, d in self.edges:
+            out.setdefault(d, []).append(s)
+        return out
+
+    def children(self) -> dict[int, list[int]]:
+        """Node index → the indices of the nodes it feeds (absent: none)."""
+        out: dict[int, list[int]] = {}
+        for s, d in self.edges:
+            out.setdefault(s, []).append(d)
+        return out
+
     @property
     def param_names(self) -> list[str]:
         """Canonical names of the parameters bound to nodes (the ones a GHN predicts), in node order."""

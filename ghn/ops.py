@@ -41,6 +41,9 @@ OPS: tuple[str, ...] = (
 )
 OP_ID: dict[str, int] = {op: i for i, op in enumerate(OPS)}
 
+#: normalisation ops (their weight is a gain, their bias a shift).
+NORM_OPS = frozenset({"batch_norm", "layer_norm", "group_norm", "rms_norm", "instance_norm"})
+
 #: ops whose module binds weight (and bias) parameters to a single node.
 PARAM_OPS = frozenset({
     "conv", "dw_conv", "conv_transpose", "linear", "embedding",
