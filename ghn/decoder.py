@@ -160,9 +160,9 @@ def _in_spread(graph, parents: dict[int, list[int]], node: int, info: ParamInfo)
 
 
 def _fan_in_scaled(scale: torch.Tensor, cols: int, kernel: int, p: int) -> torch.Tensor:
-    """``scale/√fan_in``, with the fan-in counted where the signal lives: inputs produced by a predicted layer lie in
-    the p-dim span of the codes, where Φ_cᵀΦ_c has eigenvalues ≈ C (not √C) once C > p, so a plain 1/√C would grow
-    activations by √(C/p) per layer; 1/√C · √(p/C) keeps them width-independent."""
+    """``scale/√fan_in``, with the fan-in counted where the signal lives: inputs produced by a predicted layer lie
+    in the p-dim span of the codes, where Φ_cᵀΦ_c has eigenvalues ≈ C (not √C) once C > p, so a plain 1/√C would
+    grow activations by √(C/p) per layer; 1/√C · √(p/C) keeps them width-independent."""
     return scale / math.sqrt(cols * kernel) * min(1.0, math.sqrt(p / cols))
 
 
