@@ -113,7 +113,7 @@ class _Data:
     """The shared training stream and evaluation data of one task."""
 
     def __init__(self, task: str, batch_size: int, test_images: int | None):
-        from train.data import TextStream, ImageStream
+        from train.streams import ImageStream, TextStream
         from train.evaluate import ImageEvalData
         self.task = task
         if task == "image":

@@ -8,18 +8,37 @@ import platform
 import statistics
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from torch import nn
 
 from ghn import GHN, GHNConfig
 
-__all__ = ["RESULTS_DIR", "DEFAULT_GHN", "add_common_args", "setup", "load_ghn", "ghn_label", "seeded", "as_matrix",
-           "effective_rank", "sync", "timed", "median_time", "env_info", "write_results", "md_table", "fmt"]
+__all__ = ["RESULTS_DIR", "DEFAULT_GHN", "Arch", "add_common_args", "setup", "load_ghn", "ghn_label", "seeded",
+           "as_matrix", "effective_rank", "sync", "timed", "median_time", "env_info", "write_results", "md_table", "fmt"]
 
 RESULTS_DIR = Path(__file__).parent / "results"
 DEFAULT_GHN = "checkpoints/ghn-fmnist"
+
+
+@dataclass
+class Arch:
+    """One evaluated architecture of a quality benchmark (image or LM): how to build it (default init, seeded) and
+    why it is held out."""
+
+    name: str
+    family: str
+    build: Callable[[], nn.Module]
+    heldout: str  # why the GHN never saw it in meta-training
+    spec: dict | None = None  # model_zoo spec (JSON) when it comes from the zoo
+
+    @property
+    def set(self) -> str:
+        """``"zoo"`` (a model_zoo held-out spec) or ``"real"`` (a named library or hand-written net)."""
+        return "zoo" if self.spec is not None else "real"
 
 
 def add_common_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

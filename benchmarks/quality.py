@@ -31,7 +31,6 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -45,7 +44,8 @@ from ghn.graph import residual_branch_ends
 from train.data import stream_seed
 from train.evaluate import BN_BATCH_SIZE, BN_BATCHES, ImageEvalData, accuracy, bn_batches, zero_shot_accuracy
 
-from .common import add_common_args, env_info, ghn_label, load_ghn, md_table, seeded, setup, write_results
+from .common import (Arch, add_common_args, env_info, ghn_label, load_ghn, md_table, seeded, setup,
+                     write_results)
 
 __all__ = ["PlainCNN", "LeNet5", "Arch", "REAL_IMAGE_NETS", "real_image_archs", "image_archs", "lsuv_", "INIT_NAMES",
            "evaluate_image_arch", "run", "main"]
@@ -73,22 +73,6 @@ class PlainCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
-
-
-@dataclass
-class Arch:
-    """One evaluated architecture: how to build it (default init, seeded) and why it is held out."""
-
-    name: str
-    family: str
-    build: Callable[[], nn.Module]
-    heldout: str  # why the GHN never saw it in meta-training
-    spec: dict | None = None  # model_zoo spec (JSON) when it comes from the zoo
-
-    @property
-    def set(self) -> str:
-        """``"zoo"`` (a model_zoo held-out spec) or ``"real"`` (a named library or hand-written net)."""
-        return "zoo" if self.spec is not None else "real"
 
 
 class LeNet5(nn.Module):

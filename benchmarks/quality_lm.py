@@ -36,8 +36,7 @@ from train.data import VAL_FRACTION, fortunes_bytes, stream_seed
 from train.evaluate import lm_loss
 from train.tasks import logits_of
 
-from .common import md_table, seeded
-from .quality import Arch
+from .common import Arch, md_table, seeded
 
 __all__ = ["TorchTransformerLM", "zoo_lms", "real_lms", "evaluate_lm_arch", "run", "summarize",
            "to_markdown", "plot", "LR", "BATCH", "SEQ_LEN", "PPL_GAIN", "FRACTION"]

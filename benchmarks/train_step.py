@@ -38,7 +38,7 @@ def time_steps(config: str, device: torch.device, steps: int, warmup: int, pool:
     from ghn import GHN
     from train.config import TrainConfig, load_yaml
     from train.distributed import DistInfo
-    from train.loop import Predictor, _arch_dataset, ghn_config
+    from train.loop import Predictor, arch_dataset, ghn_config
     from train.pool import ArchPool
     from train.tasks import make_task
 
@@ -48,7 +48,7 @@ def time_steps(config: str, device: torch.device, steps: int, warmup: int, pool:
     torch.manual_seed(cfg.seed)
     ghn = GHN(ghn_config(cfg)).to(device).train()
     task = make_task(cfg)
-    stream = _arch_dataset(cfg, info, None, task)
+    stream = arch_dataset(cfg, info, None, task)
     arch_pool = ArchPool(stream, pool, cfg.pool_refresh, cfg.meta_batch) if pool else None
     archs = iter(stream)
     if arch_pool:

@@ -105,12 +105,16 @@ class CoverageReport:
         missing: name → reason for every parameter left to its own initialisation.
         tied: alias → canonical name for tied parameters (predicted once, through the canonical name).
         numel: name → number of elements of every (canonical) parameter.
+        parametrized: effective name → what was written for a tensor computed by a parametrization (weight norm,
+            spectral norm, ...): it is predicted as the plain layer's tensor, and the parameters it is computed from
+            (listed in ``predicted``) are written so that the module computes it (:mod:`ghn.parametrized`).
     """
 
     predicted: list[str] = field(default_factory=list)
     missing: dict[str, str] = field(default_factory=dict)
     tied: dict[str, str] = field(default_factory=dict)
     numel: Mapping[str, int] = field(default_factory=dict)
+    parametrized: dict[str, str] = field(default_factory=dict)
 
     @property
     def fraction(self) -> float:
@@ -132,10 +136,13 @@ class CoverageReport:
                 f"{elems / 1e6:.2f}M elements)")
         if self.tied:
             line += f", {len(self.tied)} tied"
+        if self.parametrized:
+            line += f", {len(self.parametrized)} parametrized"
         return line
 
     def __str__(self) -> str:
         lines = [self.summary()]
         lines += [f"  not predicted: {name}: {why}" for name, why in self.missing.items()]
         lines += [f"  tied: {alias} -> {name}" for alias, name in self.tied.items()]
+        lines += [f"  parametrized: {name}: {how}" for name, how in self.parametrized.items()]
         return "\n".join(lines)

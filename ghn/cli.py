@@ -7,21 +7,29 @@ Examples:
     ghn-predict --model hf:t5 --out t5.safetensors               # any transformers model type
     ghn-predict --model hf:gpt2-large --meta --out gpt2-large.safetensors --max-shard-size 1GB
     ghn-predict --model hf:path/to/config.json --meta --out big.safetensors
+    ghn-predict --model hf:whisper --input-shape 80,3000 --out whisper.safetensors   # speech features (mel x time)
 
 Without --ghn, the shipped predictor of the model's task is used (ghn-fortunes for language models, ghn-fmnist
 for image models) and the first output line says which.
 
-Exit status: 0 on success, 1 on an error (one line on stderr, nothing written), 2 on a bad flag, 130 on Ctrl-C.
+The output holds the model's parameters only (tied ones once): load it with load_state_dict(..., strict=False), or
+pass --buffers to add the persistent buffers (BatchNorm running statistics, at their initial values) so that a
+strict load works.
+
+Exit status: 0 on success, 1 on an error (one line on stderr, nothing written), 2 on a bad flag, 130 on Ctrl-C
+(at any moment, the first seconds of importing torch included: one line on stderr, nothing written).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 import logging
-import math
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import textwrap
@@ -29,15 +37,15 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
-
-import torch
-import torch.nn as nn
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import ConfigError, GHNError, OutputError
-from .sources import load_model
 
-__all__ = ["main", "load_model", "save_sharded", "OutputFiles", "pick_predictor"]
+if TYPE_CHECKING:  # torch is imported in main(), once Ctrl-C is handled (this module loads without it)
+    import torch
+    import torch.nn as nn
+
+__all__ = ["main", "save_sharded", "OutputFiles", "pick_predictor", "example_inputs"]
 
 logger = logging.getLogger("ghn")
 
@@ -66,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON object passed to the model constructor (timm, torchvision) or config (hf)")
     g.add_argument("--input-shape", default=None, type=_shape,
                    help="example input shape without the batch dimension, e.g. 3,224,224; token ids of this shape "
-                        "(e.g. 16) for a model whose first layer is an embedding (default: what the model declares)")
+                        "(e.g. 16) for a language model (one whose input feeds an embedding: ghn.model_task), else "
+                        "floats; a transformers model's main input (Whisper's input_features: 80,3000), encoder-"
+                        "decoders also get decoder_input_ids (default: what the model declares)")
     g.add_argument("--seq-len", default=None, type=_positive_int,
                    help="trace a language model on token ids of this length (same as --input-shape N)")
     g.add_argument("--meta", action="store_true",
@@ -81,7 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the predicted classifier / LM head, or re-initialise it (other number of classes)")
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True,
-                   help="output .safetensors file; big models get shards <stem>-00001-of-0000N.safetensors + an index")
+                   help="output .safetensors file of the model's parameters (not BatchNorm running statistics or "
+                        "other buffers: load it with load_state_dict(..., strict=False), or pass --buffers); big "
+                        "models get shards <stem>-00001-of-0000N.safetensors + an index")
+    g.add_argument("--buffers", action="store_true",
+                   help="also write the model's persistent buffers (BatchNorm running statistics, at their initial "
+                        "values), so that a strict load_state_dict works")
     g.add_argument("--max-shard-size", default="5GB", type=_size, help="largest shard (e.g. 500MB, 5GB)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress lines, only the summary and errors")
     g.add_argument("-v", "--verbose", action="store_true", help="also log what ghn does (INFO)")
@@ -90,10 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``ghn-predict``; returns the exit status (see the module docstring)."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     output = None
     try:
+        with _exit_on_interrupt():
+            args = build_parser().parse_args(argv)
+            _import_libraries(args.model)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(message)s")
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             output = OutputFiles(Path(args.out))  # checked (and its temporary directory made) before any work
@@ -108,14 +126,49 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ghn-predict: error: {cli_terms(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("ghn-predict: interrupted; no output written" if output is None or not output.moved else
+        print(_INTERRUPTED if output is None or not output.moved else
               "ghn-predict: interrupted while moving files into place; the output is incomplete", file=sys.stderr)
         return 130
+
+
+_INTERRUPTED = "ghn-predict: interrupted; no output written"
+
+
+@contextlib.contextmanager
+def _exit_on_interrupt() -> Iterator[None]:
+    """Within this block Ctrl-C exits at once (130, one line on stderr) instead of raising KeyboardInterrupt.
+
+    For the first seconds, while torch and the model library are imported: a KeyboardInterrupt there prints a
+    traceback from deep inside an import, or leaves a half-imported module that fails later with an ImportError.
+    Nothing has been written yet, so there is nothing to clean up.
+    """
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _exit_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
+def _exit_interrupted(signum: int, frame: Any) -> None:
+    os.write(sys.stderr.fileno(), (_INTERRUPTED + "\n").encode())
+    os._exit(130)
+
+
+def _import_libraries(model: str) -> None:
+    """Import what the run needs (torch, the GHN, the library of ``--model``'s source): the slow part of starting."""
+    from . import domain, hypernet, sources  # noqa: F401 - torch and the GHN
+    library = sources.LIBRARIES.get(model.partition(":")[0])
+    if library is not None:
+        importlib.import_module(library)
 
 
 def _run(args: argparse.Namespace, output: OutputFiles, progress: _Progress) -> None:
     from .domain import graph_for
     from .prediction import resolve_device
+    from .sources import load_model
     kwargs = _model_kwargs(args.model_kwargs)
     if args.seq_len is not None and args.input_shape is not None:
         raise ConfigError("give --input-shape or --seq-len, not both (--seq-len N is --input-shape N for token ids)")
@@ -127,7 +180,7 @@ def _run(args: argparse.Namespace, output: OutputFiles, progress: _Progress) -> 
     n_params = sum(p.numel() for p in model.parameters())
     t1 = time.perf_counter()
     shape = (args.seq_len,) if args.seq_len is not None else args.input_shape
-    example = example_inputs(model, shape, token_ids=args.seq_len is not None)
+    example = example_inputs(model, shape, from_seq_len=args.seq_len is not None)
     if ghn is None:
         name, why = pick_predictor(model, example)
         ghn = _load_ghn(name, args.device, progress, why)
@@ -136,7 +189,7 @@ def _run(args: argparse.Namespace, output: OutputFiles, progress: _Progress) -> 
     progress(f"predicting {len(graph.param_names):,} tensors from a graph of {len(graph):,} nodes")
     model = ghn.predict(model, example, graph=graph, classifier=args.classifier, device=args.device)
     t2 = time.perf_counter()
-    files = output.write(model, args.max_shard_size, progress)
+    files = output.write(model, args.max_shard_size, progress, buffers=args.buffers)
     t3 = time.perf_counter()
     print(f"model: {args.model} ({type(model).__name__}, {n_params:,} parameters) built in {t1 - t0:.2f}s")
     print(f"predicted in {t2 - t1:.2f}s (graph build included): {graph.coverage}")
@@ -185,41 +238,27 @@ def _ghn_location(name: str) -> str:
 
 
 # ---- example inputs ----------------------------------------------------------------------------------------------
-def takes_token_ids(model: nn.Module) -> bool:
-    """Whether the model's first layer is an embedding (so its input is integer token ids)."""
-    first = next((m for m in model.modules()
-                  if isinstance(m, nn.modules.conv._ConvNd | nn.Linear | nn.Embedding | nn.EmbeddingBag)), None)
-    return isinstance(first, nn.Embedding | nn.EmbeddingBag)
+def example_inputs(model: nn.Module, shape: tuple[int, ...] | None, from_seq_len: bool = False) -> Any:
+    """Inputs of ``shape`` (``--input-shape``; batch 2 prepended) for tracing; ``None`` when no shape is given (the
+    model's own).
 
-
-def example_inputs(model: nn.Module, shape: tuple[int, ...] | None, token_ids: bool = False) -> Any:
-    """Inputs of ``shape`` (batch 2 prepended) for tracing; ``None`` when no shape is given (the model's own).
-
-    Token ids when the model's first layer is an embedding (transformers models get them as ``input_ids``, plus
-    ``decoder_input_ids`` for encoder-decoders), floats of the model's dtype otherwise.
+    Token ids for a model that reads them (:func:`ghn.domain.model_task` says ``"lm"``, the same rule that picks
+    the predictor), floats of the model's dtype otherwise; see :func:`ghn.inputs.inputs_of_shape` (transformers
+    models get them by keyword, encoder-decoders also ``decoder_input_ids``).
 
     Raises:
-        ConfigError: ``token_ids`` (``--seq-len``) for a model that does not take token ids.
+        ConfigError: ``from_seq_len`` (the shape came from ``--seq-len``) for a model that does not read token ids.
     """
+    from .domain import model_task
+    from .inputs import inputs_of_shape
     if shape is None:
         return None
-    if not takes_token_ids(model):
-        if token_ids:
-            raise ConfigError(f"--seq-len needs a model that takes token ids, but {type(model).__name__}'s first layer "
-                              "is not an embedding; give --input-shape (e.g. 3,224,224) instead")
-        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-        return torch.randn(2, *shape, dtype=dtype)
-    vocab = next(m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding | nn.EmbeddingBag))
-    ids = torch.arange(2 * math.prod(shape)).reshape(2, *shape) % vocab
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "to_dict"):
-        return ids
-    inputs: dict[str, Any] = {"input_ids": ids}
-    if getattr(config, "is_encoder_decoder", False):
-        inputs["decoder_input_ids"] = ids
-    if getattr(config, "use_cache", False):
-        inputs["use_cache"] = False  # a KV cache is not part of the computation graph
-    return inputs
+    task = model_task(model)
+    if from_seq_len and task != "lm":
+        what = "an image model" if task == "image" else "not a model whose input feeds an nn.Embedding"
+        raise ConfigError(f"--seq-len needs a model that takes token ids, but {type(model).__name__} is {what}; "
+                          "give --input-shape (e.g. 3,224,224) instead")
+    return inputs_of_shape(model, shape, token_ids=task == "lm")
 
 
 # ---- messages ----------------------------------------------------------------------------------------------------
@@ -234,6 +273,7 @@ _CLI_TERMS: tuple[tuple[re.Pattern, Any], ...] = tuple((re.compile(p), r) for p,
     (r"example_inputs=\.\.\.(?: \(a dict of keyword tensors\))?",
      "inputs the command line cannot describe (use the Python API: ghn.predict(model, example_inputs=...))"),
     (r"\bdevice='([^']*)'", r"--device \1"),
+    (r"\bclassifier='(\w+)'", r"--classifier \1"),
 ))
 
 
@@ -299,7 +339,8 @@ class OutputFiles:
     Ctrl-C included, removes the temporary directory and leaves the destination as it was.
 
     Raises:
-        OutputError: ``out`` is a directory, its directory is missing or not writable.
+        OutputError: ``out`` does not end in ``.safetensors`` (``model.pt`` would promise a pickle that
+            ``torch.load`` cannot read), is a directory, its directory is missing or not writable.
     """
 
     def __init__(self, out: Path):
@@ -307,6 +348,10 @@ class OutputFiles:
         self.moved = False
         if out.is_dir():
             raise OutputError(f"--out {out} is a directory; pass a file name, e.g. {out / 'model.safetensors'}")
+        if out.suffix != ".safetensors":
+            raise OutputError(f"--out {out}: ghn-predict writes safetensors (torch.load cannot read them), so the "
+                              f"name must end in .safetensors, e.g. --out {out.with_suffix('.safetensors')}; read "
+                              "it with safetensors.torch.load_file")
         parent = out.parent
         if not parent.is_dir():
             raise OutputError(f"--out {out}: directory {parent} does not exist; create it first")
@@ -322,11 +367,17 @@ class OutputFiles:
     def __exit__(self, exc_type, exc, tb) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def write(self, model: nn.Module, max_shard_bytes: int, progress=lambda message: None) -> list[Path]:
-        """Write the model's parameters (canonical names: tied weights once) and move them into place."""
+    def write(self, model: nn.Module, max_shard_bytes: int, progress=lambda message: None,
+              buffers: bool = False) -> list[Path]:
+        """Write the model's parameters (canonical names: tied weights once), and its persistent buffers if
+        ``buffers`` (what ``state_dict`` holds besides parameters), and move them into place."""
         from safetensors import SafetensorError
         from safetensors.torch import save_file
-        shards = _shards(list(model.named_parameters()), max_shard_bytes)
+        tensors = list(model.named_parameters())
+        if buffers:
+            persistent = model.state_dict().keys()
+            tensors += [(n, b) for n, b in model.named_buffers() if n in persistent]
+        shards = _shards(tensors, max_shard_bytes)
         names = _shard_names(self.out, len(shards))
         try:
             for i, (name, shard) in enumerate(zip(names, shards)):
@@ -363,15 +414,15 @@ class OutputFiles:
         return [dest / name for name in names]
 
 
-def save_sharded(model: nn.Module, out: Path, max_shard_bytes: int) -> list[Path]:
-    """Write the model's parameters to ``out`` (shards + index if bigger than ``max_shard_bytes``); see
-    :class:`OutputFiles`. Returns the paths written.
+def save_sharded(model: nn.Module, out: Path, max_shard_bytes: int, buffers: bool = False) -> list[Path]:
+    """Write the model's parameters (and persistent buffers if ``buffers``) to ``out`` (shards + index if bigger
+    than ``max_shard_bytes``); see :class:`OutputFiles`. Returns the paths written.
 
     Raises:
         OutputError: the destination cannot be written (nothing is left behind).
     """
     with OutputFiles(Path(out)) as files:
-        return files.write(model, max_shard_bytes)
+        return files.write(model, max_shard_bytes, buffers=buffers)
 
 
 def _shards(named: list[tuple[str, torch.Tensor]], max_bytes: int) -> list[list[tuple[str, torch.Tensor]]]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,9 +11,10 @@ from .errors import ConfigError
 __all__ = ["GHNConfig", "PRESETS", "DECODER_VERSION"]
 
 # 1: fixed index codes only (checkpoints up to Dec 2026); 2: learned codes on the data-facing axes.
-DECODER_VERSION = 3
+DECODER_VERSION = 4
 # What a version-1 config means in today's fields: loading one gives exactly the decoder that wrote it.
 _V1_DECODER = dict(data_codes=[0, 0, 0], code_gain=1.0)
+_V3_DECODER = dict(centered_fan_in=False, output_gain=1.0)  # what v1-v3 decoders did where v4 differs
 
 
 @dataclass
@@ -45,6 +47,16 @@ class GHNConfig:
     # channels' codes and spread over the positions: global average pooling, then a linear (v1/v2: False, they
     # gave every column its own code, which breaks the channel correspondence with the conv that produced it)
     pooled_flatten: bool = True
+    # Decoder v4: the rows of a hidden layer's weight sum to zero over its (hidden) input channels, as default
+    # inits do in expectation. Without it the shared decoder can shift every predicted weight by one common offset,
+    # which meets non-negative activations (ReLU/GELU, max pooling) as a large negative bias and kills whole layers
+    # for good (a GHN meta-trained on one DARTS cell with GroupNorm stuck at chance: ledger E20). v1-v3: False.
+    centered_fan_in: bool = True
+    # Decoder v4: the layers writing the model's output (classifier, LM head) start at this fraction of their
+    # fan-in-scaled size (learned gains move it). At full He scale the first predictions have losses of 5-14 nats
+    # whose gradients teach the shared decoder to silence hidden layers (ledger E20); default inits start near
+    # ln(classes). v1-v3: 1.0.
+    output_gain: float = 0.1
     # Metadata about what the GHN was trained for (written to config.json; used by predict() defaults).
     num_classes: int | None = None  # classifier width seen in training (None: unknown / untrained)
     input_shape: list[int] | None = None  # one input: [C, H, W] for images ([1, 28, 28]: Fashion-MNIST), [T] for LMs
@@ -59,21 +71,65 @@ class GHNConfig:
     notes: dict[str, Any] = field(default_factory=dict)  # free-form provenance (data, steps, command)
 
     def __post_init__(self) -> None:
+        """Check every field's type and range (config.json is user-editable: a bad value must fail here, naming the
+        field, not later in a way that blames the model)."""
+        def bad(name: str, want: str) -> ConfigError:
+            return ConfigError(f"GHNConfig.{name} must be {want}, got {getattr(self, name)!r}")
+
         for name in ("hidden_dim", "num_layers", "num_heads", "max_hops", "basis", "rank", "decoder_hidden",
                      "ffn_ratio", "max_degree"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"GHNConfig.{name} must be a positive integer, got {value!r}")
+            if not (_is_int(getattr(self, name)) and getattr(self, name) >= 1):
+                raise bad(name, "a positive integer")
         if self.hidden_dim % self.num_heads:
             raise ConfigError(f"GHNConfig.hidden_dim ({self.hidden_dim}) must be divisible by num_heads "
                               f"({self.num_heads})")
+        if not (_is_number(self.dropout) and 0 <= self.dropout < 1):
+            raise bad("dropout", "a number in [0, 1)")
+        if not (_is_int(self.code_seed) and self.code_seed >= 0):
+            raise bad("code_seed", "a non-negative integer")
+        if not (_is_number(self.code_gain) and self.code_gain > 0):
+            raise bad("code_gain", "a finite number > 0")
+        if not (_is_number(self.output_gain) and self.output_gain > 0):
+            raise bad("output_gain", "a finite number > 0")
+        if not (_is_int(self.decoder_version) and 1 <= self.decoder_version <= DECODER_VERSION):
+            raise bad("decoder_version", f"an integer from 1 to {DECODER_VERSION}")
+        for name in ("pooled_flatten", "centered_fan_in", "trained"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "true or false")
         if self.task not in (None, "image", "lm"):
-            raise ConfigError(f"GHNConfig.task must be 'image', 'lm' or None, got {self.task!r}")
+            raise bad("task", "'image', 'lm' or None")
+        for name in ("num_classes", "vocab_size"):
+            if getattr(self, name) is not None and not (_is_int(getattr(self, name)) and getattr(self, name) >= 1):
+                raise bad(name, "a positive integer or None")
+        if self.input_shape is not None:
+            dims = {"image": 3, "lm": 1}.get(self.task)  # [C, H, W] or [T]
+            if (not isinstance(self.input_shape, (list, tuple)) or not self.input_shape
+                    or not all(_is_int(n) and n >= 1 for n in self.input_shape)
+                    or (dims is not None and len(self.input_shape) != dims)):
+                want = {3: " [C, H, W]", 1: " [T]"}.get(dims, "")
+                raise bad("input_shape", f"None or {dims or 'a list of'} positive integers{want} for task "
+                          f"{self.task!r}")
+            self.input_shape = list(self.input_shape)
+        channels = self.input_shape[0] if self.task == "image" and self.input_shape else None
+        for name, low in (("input_mean", -math.inf), ("input_std", 0.0)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if (not isinstance(value, (list, tuple)) or not value
+                    or not all(_is_number(v) and v > low for v in value)
+                    or (channels is not None and len(value) != channels)):
+                per = f"{channels} " if channels is not None else ""
+                raise bad(name, f"None or a list of {per}finite numbers{' > 0' if low == 0 else ''} (one per input "
+                          "channel)")
+            setattr(self, name, list(value))
+        if not (_is_number(self.branch_scale) and self.branch_scale >= 0):
+            raise bad("branch_scale", "a finite number >= 0")
         if (not isinstance(self.data_codes, (list, tuple)) or len(self.data_codes) != 3
-                or not all(isinstance(n, int) and n >= 0 for n in self.data_codes)):
-            raise ConfigError(f"GHNConfig.data_codes must be three non-negative integers (input features, input "
-                              f"channels, outputs), got {self.data_codes!r}")
+                or not all(_is_int(n) and n >= 0 for n in self.data_codes)):
+            raise bad("data_codes", "three non-negative integers (input features, input channels, outputs)")
         self.data_codes = list(self.data_codes)
+        if not isinstance(self.notes, dict):
+            raise bad("notes", "a JSON object (a dict)")
         if self.rank > self.basis:
             raise ConfigError(f"GHNConfig.rank ({self.rank}) cannot exceed basis ({self.basis}): the factors "
                               "would have more rank than the index codes can carry")
@@ -104,17 +160,31 @@ class GHNConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"a GHN config is a JSON object, got {type(d).__name__}")
         version = d.get("decoder_version", 1)  # version-1 configs predate the field
-        if not isinstance(version, int) or not 1 <= version <= DECODER_VERSION:
+        if not _is_int(version) or version < 1:
+            raise ConfigError(f"GHNConfig.decoder_version must be an integer from 1 to {DECODER_VERSION}, got "
+                              f"{version!r}; the config is corrupt: re-save or re-download the checkpoint")
+        if version > DECODER_VERSION:
             raise ConfigError(f"decoder_version {version!r} is not one this ghn knows (1..{DECODER_VERSION}); the "
                               "checkpoint was written by a newer ghn: upgrade the package to load it")
         if version == 1:
-            return {**d, **_V1_DECODER, "pooled_flatten": False, "decoder_version": 1}
+            return {**d, **_V1_DECODER, **_V3_DECODER, "pooled_flatten": False, "decoder_version": 1}
         if version == 2:
-            return {"pooled_flatten": False, **d}
+            return {"pooled_flatten": False, **_V3_DECODER, **d}
+        if version == 3:
+            return {**_V3_DECODER, **d}
         return dict(d)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not 1
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float (JSON's NaN and 1e999 load as float nan / inf)."""
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
 
 
 PRESETS: dict[str, dict[str, Any]] = {

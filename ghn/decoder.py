@@ -27,6 +27,14 @@ Decoder v3 (``pooled_flatten``): a linear reading a flattened conv map — what 
 predicted on the codes of the map's channels and spread evenly over their positions (``ParamQuery.in_spread``):
 pooling, then a linear. v1/v2 gave each of the ``C·H·W`` columns its own code, unrelated to the channel codes of
 the conv before it, and such layers came out near zero (ledger E17).
+
+Decoder v4 (``centered_fan_in``): a weight whose columns are hidden channels (not data-facing, more than one) is
+predicted on column codes centred over its own columns, so each row sums to zero over its input channels (at every
+kernel position), as default inits do in expectation. Without it, one shared shift of all predicted weights — a
+direction every tensor's gradient agrees on early in meta-training — meets non-negative activations (after
+ReLU/GELU, max pooling) as a large negative bias and silences whole layers for good (ledger E20). And the layers
+writing the output (classes, vocabulary) start at ``output_gain`` (0.1) of their fan-in-scaled size: at full size
+the first predictions have losses of 5-14 nats, and the decoder's fastest way down is to silence hidden layers.
 """
 from __future__ import annotations
 
@@ -193,10 +201,11 @@ class LowRankDecoder(nn.Module):
     """
 
     def __init__(self, d: int, hidden: int, p: int, r: int, code_seed: int,
-                 data_codes: tuple[int, int, int] = (0, 0, 0), code_gain: float = 1.0, pooled_flatten: bool = False):
+                 data_codes: tuple[int, int, int] = (0, 0, 0), code_gain: float = 1.0, pooled_flatten: bool = False,
+                 centered_fan_in: bool = False, output_gain: float = 1.0):
         super().__init__()
         self.p, self.r = p, r
-        self.pooled_flatten = pooled_flatten
+        self.pooled_flatten, self.centered_fan_in, self.output_gain = pooled_flatten, centered_fan_in, output_gain
         self.code = IndexCode(p, code_seed)
         # Learned codes start at zero, so an untrained decoder predicts exactly what fixed codes give.
         sizes = dict(zip(("input", "channel", "output"), data_codes))
@@ -267,7 +276,8 @@ class LowRankDecoder(nn.Module):
         codes: dict[str, torch.Tensor] = {}
         iu = iv = 0
         for qi, q in enumerate(queries):
-            role = ROLE_ID[q.info.role]
+            role_name = q.info.role
+            role = ROLE_ID[role_name]
             vec = vec_all[qi]
             rows, cols = self._axis_kinds(q)
             for kind in (rows, cols):
@@ -277,8 +287,12 @@ class LowRankDecoder(nn.Module):
                 ka, kb = q.kernel
                 u, v = u_all[iu:iu + ka], v_all[iv:iv + kb]
                 iu, iv = iu + ka, iv + kb
-                w = self._matrix(q, u, v, codes[rows], codes[cols], gain[role] * self._tensor_scale(vec[-1]),
-                                 out.get(q.info.name) if out else None)
+                size = gain[role] * self._tensor_scale(vec[-1])
+                if rows == "output" and role_name in _FAN_IN_ROLES:
+                    size = size * self.output_gain
+                w = self._matrix(q, u, v, codes[rows], codes[cols], size,
+                                 out.get(q.info.name) if out else None,
+                                 center=self.centered_fan_in and cols == "hidden" and role_name in _FAN_IN_ROLES)
             else:
                 w = self._vector(q, vec, codes[rows], gain[role], self.offset[role])
             yield q.info, self._to_param_layout(q, w)
@@ -313,26 +327,32 @@ class LowRankDecoder(nn.Module):
         return rows, cols
 
     def _matrix(self, q: ParamQuery, u: torch.Tensor, v: torch.Tensor, row_codes: torch.Tensor,
-                col_codes: torch.Tensor, scale: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+                col_codes: torch.Tensor, scale: torch.Tensor, out: torch.Tensor | None = None,
+                center: bool = False) -> torch.Tensor:
         """(R, C, *K) tensor from factors: one GEMM ``A·B``; every scale is folded into the small factor A.
 
         Without a kernel the GEMM is done in the parameter's own layout (``(C, R)`` for ``weight_t``), into ``out``
         when given: the result is then written where the parameter lives, with no temporary or strided copy.
+        ``center``: column codes centred over the tensor's own input channels (decoder v4; rows then sum to zero
+        over them). A depthwise kernel (one column) is left as is: centring would zero it.
 
         Shapes: u (ka, p, r), v (kb, r, p), row_codes (≥ R, p), col_codes (≥ C, p).
         """
         shape = q.shape
         (ka, kb), rows, cols = q.kernel, shape[0], shape[1]
         p, r = self.p, self.r
+        spread = q.in_spread if self.pooled_flatten and ka == kb == 1 and q.info.role == "weight" else 1
+        channels = cols // spread
+        if center and channels > 1:
+            col_codes = col_codes[:channels] - col_codes[:channels].mean(0, keepdim=True)
         u = u * torch.rsqrt(u.pow(2).mean() + 1e-8)  # unit RMS: role gain and per-tensor scale set the size
         v = v * torch.rsqrt(v.pow(2).mean() + 1e-8)
         # entries of Φ_o·U·V·Φ_cᵀ have variance ≈ p²·r; normalise to 1, then apply the role's scaling
         scale = scale / (p * math.sqrt(r))
         role = q.info.role
         if role in _FAN_IN_ROLES:
-            spread = q.in_spread if self.pooled_flatten and ka == kb == 1 and role == "weight" else 1
             if spread > 1:
-                return self._flattened(rows, cols // spread, spread, u, v, row_codes, col_codes, scale, out)
+                return self._flattened(rows, channels, spread, u, v, row_codes, col_codes, scale, out)
             scale = _fan_in_scaled(scale, cols, ka * kb, p)
         elif role == "embedding":
             scale = scale / math.sqrt(cols)

@@ -4,7 +4,7 @@ are never silent.
 A GHN's config records its task: ``"image"`` (classifiers of ``input_shape`` ``[C, H, W]`` images with
 ``num_classes`` outputs) or ``"lm"`` (language models over ``vocab_size`` tokens, ``input_shape`` ``[T]``). A model's
 task is told from its inputs (integer token ids: ``"lm"``; float ``(B, C, H, W)``: ``"image"``), from its graph
-(the input feeds an ``embedding`` or a ``conv`` node) or from its first parameterised module.
+(the input feeds an ``embedding`` or a ``conv`` node) or from its first layer.
 
 :func:`graph_for` builds the graph :meth:`GHN.predict` uses; without example inputs it traces with the GHN's own
 training input (so a plain ``nn.Module`` needs none), falling back to what the model declares.
@@ -21,10 +21,11 @@ import torch.nn as nn
 
 from .config import GHNConfig
 from .errors import DomainWarning, ExampleInputError
-from .graph import Graph, build_graph, head_node
+from .graph import Graph, build_graph
 from .inputs import ExampleInputs, default_example_inputs
+from .prediction import classifier_nodes
 
-__all__ = ["TASKS", "SHIPPED_PREDICTORS", "ghn_task", "model_task", "training_inputs", "graph_for", "head_node",
+__all__ = ["TASKS", "SHIPPED_PREDICTORS", "ghn_task", "model_task", "training_inputs", "graph_for",
            "domain_mismatches", "warn_domain"]
 
 logger = logging.getLogger(__name__)
@@ -86,12 +87,19 @@ def _graph_task(graph: Graph) -> str | None:
     return "image" if ops & {"conv", "dw_conv"} else None
 
 
+#: the layers that can be a model's first (input-facing) one, for model_task's last resort
+_EMBEDDINGS = (nn.Embedding, nn.EmbeddingBag)
+_FIRST_LAYERS = (*_EMBEDDINGS, nn.modules.conv._ConvNd, nn.Linear)
+
+
 def model_task(model: nn.Module, example_inputs: ExampleInputs = None, *, graph: Graph | None = None) -> str | None:
     """Tell a model's task: ``"lm"`` (it reads token ids), ``"image"`` (float ``(B, C, H, W)`` images) or None.
 
-    Evidence, first that decides: the example inputs (integer → lm, 4-D float → image); the graph (the input feeds
-    an embedding → lm, a conv → image); the inputs the model declares (timm, transformers); its first module with
-    parameters (``nn.Embedding`` → lm, ``nn.Conv2d`` → image).
+    Evidence, first that decides: the example inputs (integer → lm, 4-D float → image; integer
+    ``decoder_input_ids`` → lm: speech to text); the graph (the input feeds an embedding → lm, a conv → image); the
+    inputs the model declares (timm, transformers); its first layer (the first ``nn.Embedding`` /
+    ``nn.EmbeddingBag`` / conv / ``nn.Linear`` in module order: an embedding → lm, ``nn.Conv2d`` → image). This is
+    the package's one rule for a token model: ``ghn-predict`` feeds token ids exactly to "lm" models.
 
     Example:
         >>> model_task(timm.create_model("resnet18")), model_task(GPT2LMHeadModel(GPT2Config()))
@@ -100,13 +108,15 @@ def model_task(model: nn.Module, example_inputs: ExampleInputs = None, *, graph:
     if callable(example_inputs) and not isinstance(example_inputs, torch.Tensor | nn.Module):
         example_inputs = example_inputs()
     task = _inputs_task(_main_input(example_inputs))
+    if task is None and isinstance(example_inputs, dict):  # an encoder-decoder that writes tokens (speech to text)
+        task = _inputs_task(example_inputs.get("decoder_input_ids"))
     if task is None and graph is not None:
         task = _graph_task(graph)
     if task is None:
         task = _inputs_task(_main_input(_declared_inputs(model)))
-    if task is None:
-        first = next((m for m in model.modules() if any(True for _ in m.parameters(recurse=False))), None)
-        task = "lm" if isinstance(first, nn.Embedding) else "image" if isinstance(first, nn.Conv2d) else None
+    if task is None:  # norms, scales and other free parameters before the first layer say nothing
+        first = next((m for m in model.modules() if isinstance(m, _FIRST_LAYERS)), None)
+        task = "lm" if isinstance(first, _EMBEDDINGS) else "image" if isinstance(first, nn.Conv2d) else None
     return task
 
 
@@ -155,9 +165,10 @@ def graph_for(config: GHNConfig, model: nn.Module, example_inputs: ExampleInputs
 
 
 def _num_outputs(graph: Graph) -> int | None:
-    """Output width of the classifier (:func:`head_node`)."""
-    i = head_node(graph)
-    return graph.nodes[i].shape[0] if i is not None else None
+    """Output width of the classifier (:func:`~ghn.prediction.classifier_nodes`); None for a model without one
+    (hidden states or features are no classes), or with several heads of different widths."""
+    widths = {graph.nodes[i].shape[0] for i in classifier_nodes(graph)}
+    return widths.pop() if len(widths) == 1 else None
 
 
 def _vocab(graph: Graph) -> int | None:

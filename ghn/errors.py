@@ -15,6 +15,7 @@ __all__ = [
     "GraphError",
     "DeviceError",
     "DomainWarning",
+    "UnverifiedWeightsWarning",
     "NotAModuleError",
     "OutputError",
 ]
@@ -59,6 +60,11 @@ class DomainWarning(UserWarning):
     trained on image classification (1x28x28, 10 classes): ... use a GHN trained on language models
     (checkpoints/ghn-fortunes) ...``
     """
+
+
+class UnverifiedWeightsWarning(UserWarning):
+    """A GHN checkpoint's config.json records no checksum of its weights, so corruption that leaves them finite
+    (a flipped bit) cannot be detected; re-saving it with ``GHN.save_pretrained`` records one."""
 
 
 class NotAModuleError(GHNError, TypeError):

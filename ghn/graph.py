@@ -18,11 +18,14 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.nn.utils.parametrize import type_before_parametrizations
 
 from .binding import ROLES, CoverageReport, ParamInfo, free_param_op, param_role
-from .errors import GraphError, NotAModuleError, UnsupportedModuleError
+from .errors import GraphError, UnsupportedModuleError
+from .model_checks import check_model
 from .inputs import ExampleInputs, resolve_example_inputs
 from .ops import NORM_OPS, OP_ID, SKIP, autograd_op, module_op
+from .parametrized import Parametrized, find_parametrized
 from .trace import trace_model
 
 __all__ = ["Node", "Graph", "build_graph", "canonical_shape", "head_node", "residual_branch_ends", "MAX_HOPS"]
@@ -141,6 +144,8 @@ class Graph:
         missing: canonical parameter name → why it is not bound to a node (not predicted).
         tied: alias → canonical name for parameters that share a tensor.
         numel: canonical parameter name → number of elements, for every parameter of the model.
+        parametrized: effective name → how a tensor computed by a parametrization (weight norm, ...) is written;
+            it is bound under its effective name (``conv.weight``) like a plain parameter (:mod:`ghn.parametrized`).
         model_name: the model's class name.
     """
 
@@ -149,6 +154,7 @@ class Graph:
     missing: dict[str, str] = field(default_factory=dict)
     tied: dict[str, str] = field(default_factory=dict)
     numel: dict[str, int] = field(default_factory=dict)
+    parametrized: dict[str, Parametrized] = field(default_factory=dict)
     model_name: str = ""
     max_hops: int = MAX_HOPS
     _distances: torch.Tensor | None = field(default=None, repr=False, compare=False)
@@ -177,7 +183,8 @@ class Graph:
 
     @property
     def param_names(self) -> list[str]:
-        """Canonical names of the parameters bound to nodes (the ones a GHN predicts), in node order."""
+        """Canonical names of the tensors bound to nodes (the ones a GHN predicts), in node order; a parametrized
+        tensor by its effective name (see :attr:`parametrized`)."""
         return [p.name for n in self.nodes for p in n.params]
 
     @property
@@ -187,9 +194,12 @@ class Graph:
 
     @property
     def coverage(self) -> CoverageReport:
-        """What a GHN can predict for this model (the binding; decoding adds no further gaps)."""
-        return CoverageReport(predicted=self.param_names, missing=dict(self.missing), tied=dict(self.tied),
-                              numel=dict(self.numel))
+        """What a GHN can predict for this model (the binding; decoding adds no further gaps), by parameter name: a
+        parametrized tensor counts as the parameters written for it."""
+        predicted = [o for n in self.param_names
+                     for o in (self.parametrized[n].originals if n in self.parametrized else (n,))]
+        return CoverageReport(predicted=predicted, missing=dict(self.missing), tied=dict(self.tied),
+                              numel=dict(self.numel), parametrized={n: p.how for n, p in self.parametrized.items()})
 
     @property
     def edge_index(self) -> torch.Tensor:
@@ -261,6 +271,7 @@ class Graph:
                       for n in self.nodes],
             "edges": [list(e) for e in self.edges],
             "missing": self.missing, "tied": self.tied, "numel": self.numel,
+            "parametrized": [p.to_list() for p in self.parametrized.values()],
         }
 
     @classmethod
@@ -283,8 +294,10 @@ class Graph:
             edges = [(int(s), int(t)) for s, t in d["edges"]]
             if any(not (0 <= s < len(nodes) and 0 <= t < len(nodes)) for s, t in edges):
                 raise GraphError("graph has an edge to a node that does not exist; rebuild the graph")
+            parametrized = [Parametrized.from_list(p) for p in d.get("parametrized", [])]  # absent: none
             return cls(nodes=nodes, edges=edges, missing=dict(d["missing"]), tied=dict(d["tied"]),
-                       numel={k: int(v) for k, v in d["numel"].items()}, model_name=d["model_name"],
+                       numel={k: int(v) for k, v in d["numel"].items()},
+                       parametrized={p.name: p for p in parametrized}, model_name=d["model_name"],
                        max_hops=int(d["max_hops"]))
         except GraphError:
             raise
@@ -350,42 +363,63 @@ def build_graph(model: nn.Module, example_inputs: ExampleInputs = None, *, max_h
         >>> g = build_graph(timm.create_model("resnet18"), torch.randn(2, 3, 64, 64))
         >>> len(g), g.coverage.fraction
     """
-    if not isinstance(model, nn.Module):
-        raise NotAModuleError(f"build_graph expects a torch.nn.Module, got {type(model).__name__}; "
-                              "pass the model object itself (e.g. timm.create_model(...))")
-    sites, tied, missing, numel = _collect_params(model)
+    check_model(model, "build_graph")  # not a module, DataParallel, TorchScript, quantized: typed errors
+    sites, tied, missing, numel, parametrized = _collect_params(model)
     args, kwargs = resolve_example_inputs(model, example_inputs)
-    trace = trace_model(model, args, kwargs, {name: s.tensor for name, s in sites.items()})
+    trace = trace_model(model, args, kwargs, {name: s.tensor for name, s in sites.items() if name not in parametrized},
+                        parametrized)
     nodes, edges = _Builder(sites, trace, tied).run()
-    return Graph(nodes=nodes, edges=edges, missing=missing, tied=tied, numel=numel,
+    return Graph(nodes=nodes, edges=edges, missing=missing, tied=tied, numel=numel, parametrized=parametrized,
                  model_name=type(model).__name__, max_hops=max_hops)
 
 
 def _collect_params(model: nn.Module):
-    """Canonical parameters with their roles; tied aliases; parameters that cannot be predicted."""
+    """Canonical parameters with their roles; tied aliases; parameters that cannot be predicted; parametrized tensors
+    (each bound under its effective name in place of the parameters it is computed from)."""
     sites: dict[str, _ParamSite] = {}
     by_id: dict[int, str] = {}
     tied: dict[str, str] = {}
     missing: dict[str, str] = {}
     numel: dict[str, int] = {}
     modules = dict(model.named_modules(remove_duplicate=False))
+    parametrized, unpredictable = find_parametrized(model)
+    written = {o: spec for spec in parametrized.values() for o in spec.originals}
+    effective: dict[str, list[Parametrized]] = {}  # module path -> its parametrized tensors
+    for spec in parametrized.values():
+        effective.setdefault(spec.module, []).append(spec)
+    pending = {path: list(specs) for path, specs in effective.items()}
     for name, p in model.named_parameters(remove_duplicate=False):
+        path, _, attr = name.rpartition(".")
+        # A parametrized tensor's site comes first among its module's, where a plain module registers its weight,
+        # so that the node lists its tensors in the order the plain layer's has (weight, then bias).
+        for spec in pending.pop(written[name].module if name in written else path, []):
+            module = modules[spec.module]
+            op = _module_op(module, effective[spec.module])
+            if op == SKIP:
+                missing.update({o: _skipped(module) for o in spec.originals})
+                del parametrized[spec.name]
+                continue
+            role = param_role(spec.attr, spec.name, len(spec.shape), op, type_before_parametrizations(module).__name__)
+            sites[spec.name] = _ParamSite(spec.name, spec.module, module, spec.attr,
+                                          torch.empty(spec.shape, device="meta"), op, role)
         if id(p) in by_id:
             tied[name] = by_id[id(p)]
             continue
         by_id[id(p)] = name
-        path, _, attr = name.rpartition(".")
         module = modules[path]
         if isinstance(p, nn.parameter.UninitializedParameter):
             raise UnsupportedModuleError(
                 f"{path or 'model'} ({type(module).__name__}) has an uninitialised lazy parameter '{attr}'; run "
                 "model(example_inputs) once to initialise it, then build the graph / predict")
         numel[name] = p.numel()
-        op = module_op(module)
-        if op is None and any(a.endswith("weight") and q.ndim >= 2 for a, q in module.named_parameters(recurse=False)):
-            op = "module"  # an unknown module with a weight matrix: treat it as a linear-like op
+        if name in unpredictable:
+            missing[name] = unpredictable[name]
+            continue
+        if name in written:  # predicted through its effective tensor (the site above)
+            continue
+        op = _module_op(module, effective.get(path, []))
         if op == SKIP:
-            missing[name] = f"{type(module).__name__} was registered with ghn.register_op(..., None) (skipped)"
+            missing[name] = _skipped(module)
             continue
         if not p.is_floating_point():
             if p.is_complex():
@@ -398,9 +432,24 @@ def _collect_params(model: nn.Module):
         if p.numel() == 0:
             missing[name] = "empty tensor"
             continue
-        role = param_role(attr, name, p.ndim, op, type(module).__name__)
+        role = param_role(attr, name, p.ndim, op, type_before_parametrizations(module).__name__)
         sites[name] = _ParamSite(name, path, module, attr, p, op, role)
-    return sites, tied, missing, numel
+    return sites, tied, missing, numel, parametrized
+
+
+def _module_op(module: nn.Module, parametrized: list[Parametrized]) -> str | None:
+    """The op of a module that owns parameters (and the ``parametrized`` tensors); ``"module"`` for an unknown one
+    with a weight matrix, which is then treated as a linear-like op."""
+    op = module_op(module)
+    shapes = [(a, q.shape) for a, q in module.named_parameters(recurse=False)]
+    shapes += [(p.attr, p.shape) for p in parametrized]
+    if op is None and any(a.endswith("weight") and len(shape) >= 2 for a, shape in shapes):
+        return "module"
+    return op
+
+
+def _skipped(module: nn.Module) -> str:
+    return f"{type_before_parametrizations(module).__name__} was registered with ghn.register_op(..., None) (skipped)"
 
 
 class _Builder:

@@ -18,12 +18,15 @@ from .binding import CoverageReport
 from .config import GHNConfig
 from .decoder import LowRankDecoder, graph_queries
 from .domain import graph_for, warn_domain
-from .errors import CheckpointError, ConfigError, DeviceError, GHNError
+from .errors import CheckpointError, ConfigError, DeviceError, GHNError, UnverifiedWeightsWarning
 from .graph import Graph
 from .inputs import ExampleInputs
+from .model_checks import check_model
 from .nn import GraphEncoder, collate
-from .prediction import (Prediction, check_graph, check_prediction, materialize, padding_rows, recalibrate_bn,
-                         reinit_classifier, resolve_device, scale_branch_ends, write_params)
+from .parametrized import write_through
+from .prediction import (Prediction, branch_end_params, check_graph, check_prediction, classifier_modules,
+                         materialize, padding_rows, recalibrate_bn, reinit_classifier, resolve_device,
+                         scale_branch_ends, write_params)
 
 __all__ = ["GHN", "CoverageWarning"]
 
@@ -66,7 +69,8 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         self.encoder = GraphEncoder(c.hidden_dim, c.num_layers, c.num_heads, c.max_hops, c.max_degree, c.ffn_ratio,
                                     c.dropout)
         self.decoder = LowRankDecoder(c.hidden_dim, c.decoder_hidden, c.basis, c.rank, c.code_seed,
-                                      tuple(c.data_codes), c.code_gain, c.pooled_flatten)
+                                      tuple(c.data_codes), c.code_gain, c.pooled_flatten, c.centered_fan_in,
+                                      c.output_gain)
         if device is not None:
             self.to(resolve_device(device))
 
@@ -115,12 +119,16 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
             a :class:`~ghn.prediction.Prediction` (``Mapping[str, Tensor]``) with ``.coverage``. Warns with
             :class:`CoverageWarning` if coverage is below 100 %, and with :class:`~ghn.errors.DomainWarning` if
             the model is outside the GHN's training domain (task, input shape, classes, vocabulary).
+
+        Raises:
+            NotAModuleError, UnsupportedModuleError: see :func:`~ghn.model_checks.check_model`.
         """
+        check_model(model, "predict_params")
         graph = self._graph(model, example_inputs, graph)
         was_training = self.training
         self.eval()
         try:
-            params = dict((info.name, w) for info, w in self._decode(graph, model))
+            params = dict(self._decode(graph, model))
         finally:
             self.train(was_training)
         coverage = graph.coverage
@@ -141,7 +149,10 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
             example_inputs: see :func:`ghn.build_graph`; when omitted, a batch shaped like the GHN's training
                 data (``config.input_shape``) if the model runs on it, else what the model declares.
             classifier: ``"predict"`` keeps the predicted classifier/LM head; ``"reinit"`` resets it to the
-                model's own initialisation (for a number of classes the GHN was not trained on).
+                model's own initialisation (for a number of classes the GHN was not trained on). The head is the
+                layer computing the output through activations and pooling only
+                (:func:`~ghn.prediction.classifier_nodes`); a head tied to the input embedding is a ``ConfigError``,
+                a model without one gets a warning.
             bn: BatchNorm running statistics are reset in both modes (they belonged to the old weights);
                 ``"recalibrate"`` then recomputes them from ``bn_data`` (a cumulative average over ≤ 20 batches).
             bn_data: input batches for ``bn="recalibrate"``.
@@ -150,6 +161,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
                 those gains at or near zero so that deep residual nets start close to the identity. Below 1 it
                 makes predicted residual nets easier to fine-tune at large learning rates (ledger E15, E18); 1
                 leaves the prediction as it is; None: ``config.branch_scale``, the predictor's own calibration.
+                A scale that makes a gain non-finite in the model's dtype is a ``ConfigError``.
             graph: a graph built earlier from this model (``GraphError`` if its parameter names, shapes or ties
                 are not this model's).
             device: where to materialise a ``meta`` model.
@@ -161,8 +173,11 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
             GHNError (and subclasses): nothing is written if prediction fails (a ``meta`` model, which had no
             values to lose, may be left materialised and partly filled). In particular ``DeviceError`` for a
             ``meta`` model with buffers its own code cannot recompute (build it under
-            :func:`ghn.init_empty_weights`), raised before the model changes.
+            :func:`ghn.init_empty_weights`), raised before the model changes; ``NotAModuleError`` /
+            ``UnsupportedModuleError`` for what :func:`~ghn.model_checks.check_model` refuses (a state dict, a
+            ``DataParallel`` wrapper, a TorchScript or quantized model), raised first.
         """
+        check_model(model, "predict")
         if classifier not in ("predict", "reinit"):
             raise ConfigError(f"classifier must be 'predict' or 'reinit', got {classifier!r}")
         if bn not in ("train", "recalibrate"):
@@ -181,6 +196,12 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
             logger.warning("this GHN is untrained (config.trained=False): predicted parameters are a structured "
                            "random initialisation, not a learned one")
         coverage = graph.coverage
+        # Both checked before anything is written: a tied head (ConfigError), gains that branch_scale overflows.
+        heads = classifier_modules(model, graph) if classifier == "reinit" else []
+        if classifier == "reinit" and not heads:
+            warnings.warn(f"classifier='reinit': {type(model).__name__} has no classifier (its output is not computed "
+                          "by a linear or conv layer), so nothing is re-initialised", UserWarning, stacklevel=3)
+        ends = branch_end_params(graph) if branch_scale != 1.0 else set()
         on_meta = any(t.is_meta for t in [*model.parameters(), *model.buffers()])
         # Recalibration runs after the write and may fail on user data: keep a copy to roll back to.
         backup = ({k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -190,19 +211,24 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         try:
             if on_meta:
                 # Nothing to lose on a meta model: stream tensor by tensor to bound memory.
-                materialize(model, device or "cpu")  # DeviceError (model unchanged) if a buffer cannot be restored
-                own = dict(model.named_parameters())  # once, not per tensor
+                # DeviceError (model unchanged) if a buffer cannot be restored (those the prediction refreshes need not)
+                materialize(model, device or "cpu", {b for p in graph.parametrized.values() for b in p.buffers})
+                own = {**dict(model.named_buffers()), **dict(model.named_parameters())}  # once, not per tensor
                 # fp32 parameters next to the decoder are decoded straight into their storage: no full-size
                 # temporary per tensor, so the allocator has nothing to keep and the peak is the model itself
                 into = {n: p.detach() for n, p in own.items()
                         if p.dtype == torch.float32 and p.device == self.device and p.is_contiguous()}
-                for info, w in self._decode(graph, model, into):
-                    check_prediction(model, {info.name: w}, own)
-                    if w.data_ptr() != own[info.name].data_ptr():  # not decoded in place (vectors, kernels, fp16)
-                        write_params(model, [(info.name, w)], own)
+                for name, w in self._decode(graph, model, into):
+                    one = {name: w}
+                    scale_branch_ends(one, ends, branch_scale, own)
+                    check_prediction(model, one, own)
+                    w = one[name]
+                    if w.data_ptr() != own[name].data_ptr():  # not decoded in place (vectors, kernels, fp16)
+                        write_params(model, [(name, w)], own)
                     del w
             else:
-                params = dict((info.name, w) for info, w in self._decode(graph, model))
+                params = dict(self._decode(graph, model))
+                scale_branch_ends(params, ends, branch_scale, dict(model.named_parameters()))
                 check_prediction(model, params)  # everything is checked before anything is written
                 write_params(model, params.items())
         finally:
@@ -211,11 +237,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
             for m in model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
                     m.reset_running_stats()
-            if branch_scale != 1.0:
-                scale_branch_ends(model, graph, branch_scale)
-            if classifier == "reinit":
-                path = reinit_classifier(model, graph)
-                logger.info("classifier %s re-initialised", path)
+            reinit_classifier(heads)
             if bn == "recalibrate":
                 recalibrate_bn(model, bn_data)
         except BaseException:
@@ -238,15 +260,20 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         return graph
 
     def _decode(self, graph: Graph, model: nn.Module, into: dict[str, torch.Tensor] | None = None):
-        """``(ParamInfo, tensor)`` for every bound parameter, with embedding padding rows zero (as PyTorch has them);
-        ``into``: destinations the decoder may write into (see ``LowRankDecoder.decode``)."""
+        """``(name, tensor)`` for every bound parameter, with embedding padding rows zero (as PyTorch has them); a
+        parametrized tensor (weight norm, ...) as the parameters and buffers that make the module compute it
+        (:func:`ghn.parametrized.write_through`). ``into``: destinations the decoder may write into (see
+        ``LowRankDecoder.decode``)."""
         h = self.embed([graph])[0]
         pads = padding_rows(model, graph)
         queries = graph_queries(graph)
         for info, w in (self.decoder.decode(h, queries, out=into) if into else self.decoder.decode(h, queries)):
             if info.name in pads:
                 w = w.index_fill(0, torch.tensor(pads[info.name], device=w.device), 0.0)
-            yield info, w
+            if info.name in graph.parametrized:
+                yield from write_through(model, graph.parametrized[info.name], w).items()
+            else:
+                yield info.name, w
 
     # ---- Hub I/O ---------------------------------------------------------------------------------------------------
     def save_pretrained(self, save_directory: str | Path, *, config: Any = None, repo_id: str | None = None,
@@ -261,8 +288,9 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         # Both files are written to temporary names first and renamed only when both are complete, so a crash
         # never pairs new weights with an old config (or leaves a partial file).
-        weights_tmp = _temp_write(out / WEIGHTS_NAME,
-                                  lambda p: save_file(state, p, metadata={"format": "pt", "library": "ghn"}))
+        # One metadata key only: safetensors keeps metadata in a hash map whose order changes from call to call, so
+        # two keys would make two saves of the same weights differ in bytes (and checksum).
+        weights_tmp = _temp_write(out / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
         try:
             # The hash of the very bytes renamed into place below; from_pretrained verifies it, so corruption that
             # leaves the file parseable and finite (a flipped exponent bit) cannot load silently.
@@ -295,7 +323,7 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
                                                    local_files_only, token)
         try:
             raw = json.loads(Path(config_path).read_text())
-            # Checkpoints saved before checksums were recorded have none, and still load.
+            # Checkpoints saved before checksums were recorded have none: they load, with an UnverifiedWeightsWarning.
             checksum = raw.pop(CHECKSUM_KEY, None) if isinstance(raw, dict) else None
             config = GHNConfig.from_dict(GHNConfig.upgrade(raw))
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
@@ -324,6 +352,10 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
                 raise CheckpointError(f"{weights_path}: tensor {k} has NaN/Inf values; the checkpoint is corrupt")
         if checksum is not None:  # last, so the checks above give their more specific messages first
             _verify_checksum(weights_path, checksum, config_path)
+        else:
+            warnings.warn(f"{config_path} records no checksum of {WEIGHTS_NAME}, so its weights load unverified (a "
+                          "corrupt but finite file would go unnoticed); re-save the GHN with save_pretrained to "
+                          "record one", UnverifiedWeightsWarning, stacklevel=2)
         ghn.load_state_dict(state, strict=True)
         return ghn.to(resolve_device(device)).eval()
 

@@ -7,6 +7,7 @@ those. When they pass nothing, we use what the model declares about itself: timm
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
@@ -14,7 +15,7 @@ import torch.nn as nn
 
 from .errors import ExampleInputError
 
-__all__ = ["ExampleInputs", "resolve_example_inputs", "default_example_inputs"]
+__all__ = ["ExampleInputs", "resolve_example_inputs", "default_example_inputs", "inputs_of_shape"]
 
 ExampleInputs = torch.Tensor | tuple | list | dict | Callable[[], Any] | None
 
@@ -73,16 +74,35 @@ def default_example_inputs(model: nn.Module) -> torch.Tensor | dict:
         "{'input_ids': torch.zeros(2, 8, dtype=torch.long)} for a language model")
 
 
-def _transformers_inputs(model: nn.Module, config: Any) -> dict:
+def inputs_of_shape(model: nn.Module, shape: tuple[int, ...], token_ids: bool) -> torch.Tensor | dict:
+    """Example inputs of ``shape`` (batch ``BATCH`` prepended): token ids below the model's vocabulary, or floats of
+    its dtype. A transformers model gets them as its main input (``input_ids``, ``pixel_values``,
+    ``input_features``, ...), plus ``decoder_input_ids`` for an encoder-decoder, in a dict of keyword inputs.
+
+    Whether the model reads token ids is the caller's to tell (:func:`ghn.domain.model_task`).
+    """
+    if token_ids:
+        vocab = next((m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding | nn.EmbeddingBag)), 2)
+        x = torch.arange(BATCH * math.prod(shape)).reshape(BATCH, *shape) % vocab
+    else:
+        x = torch.randn(BATCH, *shape, dtype=_float_dtype(model))
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        return x
+    return _transformers_inputs(model, config, x)
+
+
+def _transformers_inputs(model: nn.Module, config: Any, main_input: torch.Tensor | None = None) -> dict:
+    """Keyword inputs of a transformers model: ``main_input`` (else a default one) under its main input name."""
     main = getattr(model, "main_input_name", "input_ids")
     inputs: dict[str, Any] = {}
-    if main == "input_ids":
+    if main_input is not None:
+        inputs[main] = main_input
+    elif main == "input_ids":
         vocab = int(getattr(config, "vocab_size", 2) or 2)
         ids = torch.arange(BATCH * SEQ_LEN).reshape(BATCH, SEQ_LEN) % vocab
         inputs["input_ids"] = ids
         inputs["attention_mask"] = torch.ones_like(ids)
-        if getattr(config, "is_encoder_decoder", False):
-            inputs["decoder_input_ids"] = ids
     elif main == "pixel_values":
         size = getattr(config, "image_size", 224)
         size = size if isinstance(size, int) else size[0]
@@ -92,9 +112,21 @@ def _transformers_inputs(model: nn.Module, config: Any) -> dict:
         raise ExampleInputError(
             f"{type(model).__name__} takes '{main}' as its main input, for which ghn has no default; "
             "pass example_inputs=... (a dict of keyword tensors)")
+    if getattr(config, "is_encoder_decoder", False):  # token ids decode themselves; other inputs a start token
+        inputs["decoder_input_ids"] = inputs[main] if main == "input_ids" else _decoder_start_ids(config)
     if getattr(config, "use_cache", False):
         inputs["use_cache"] = False  # a KV cache adds outputs and work, and is not part of the computation graph
     return inputs
+
+
+def _decoder_start_ids(config: Any) -> torch.Tensor:
+    """``decoder_input_ids`` of an encoder-decoder fed floats (speech features, images): its decoder start token,
+    ``SEQ_LEN`` times (the values do not change the graph; a token outside the vocabulary would fail the lookup)."""
+    start = getattr(config, "decoder_start_token_id", None)
+    vocab = getattr(config, "vocab_size", None)
+    if not isinstance(start, int) or start < 0 or (isinstance(vocab, int) and start >= vocab):
+        start = 0
+    return torch.full((BATCH, SEQ_LEN), start)
 
 
 def _float_dtype(model: nn.Module) -> torch.dtype:

@@ -10,18 +10,18 @@ import contextlib
 import copy
 import inspect
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn as nn
 
 from .binding import CoverageReport
-from .errors import DeviceError, ExampleInputError, GHNError, GraphError
-from .graph import Graph, head_node, residual_branch_ends
+from .errors import ConfigError, DeviceError, ExampleInputError, GHNError, GraphError
+from .graph import Graph, Node, residual_branch_ends
 
 __all__ = ["Prediction", "check_graph", "check_prediction", "write_params", "materialize", "init_empty_weights",
-           "padding_rows", "reinit_classifier", "scale_branch_ends",
-           "recalibrate_bn", "classifier_module", "resolve_device"]
+           "padding_rows", "reinit_classifier", "branch_end_params", "scale_branch_ends",
+           "recalibrate_bn", "classifier_nodes", "classifier_modules", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +29,22 @@ logger = logging.getLogger(__name__)
 class Prediction(Mapping[str, torch.Tensor]):
     """Predicted tensors keyed by the model's canonical parameter names (fp32, on the GHN's device).
 
+    A tensor computed by a parametrization (weight norm, spectral norm, ...) is predicted as the plain layer's tensor
+    and appears under the names of the parameters written for it, as ``model.state_dict()`` names them
+    (``conv.parametrizations.weight.original0`` / ``original1``, or ``conv.weight_g`` / ``conv.weight_v`` for the
+    legacy hook); see ``coverage.parametrized`` and :mod:`ghn.parametrized`.
+
     Attributes:
         coverage: the :class:`~ghn.CoverageReport` (what was predicted, what was not and why).
         graph: the :class:`~ghn.Graph` the prediction was made from.
+        buffers: buffers that parametrizations compute from the written parameters (spectral norm's ``_u``/``_v``,
+            orthogonal's ``base``), refreshed to match them; in :meth:`state_dict` too.
     """
 
     def __init__(self, params: dict[str, torch.Tensor], coverage: CoverageReport, graph: Graph):
-        self._params = params
+        refreshed = {b for p in graph.parametrized.values() for b in p.buffers}
+        self._params = {n: t for n, t in params.items() if n not in refreshed}
+        self.buffers = {n: t for n, t in params.items() if n in refreshed}
         self.coverage = coverage
         self.graph = graph
 
@@ -52,8 +61,9 @@ class Prediction(Mapping[str, torch.Tensor]):
         return f"Prediction({len(self)} tensors, {self.coverage.summary()})"
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The tensors with tied aliases added back (loadable with ``model.load_state_dict(strict=False)``)."""
-        out = dict(self._params)
+        """The tensors with tied aliases and refreshed :attr:`buffers` added (loadable with
+        ``model.load_state_dict(strict=False)``)."""
+        out = {**self._params, **self.buffers}
         for alias, name in self.coverage.tied.items():
             if name in out:
                 out[alias] = out[name]
@@ -107,13 +117,15 @@ def padding_rows(model: nn.Module, graph: Graph) -> dict[str, int]:
     for path, module in model.named_modules():
         if isinstance(module, nn.Embedding | nn.EmbeddingBag) and module.padding_idx is not None:
             name = f"{path}.weight" if path else "weight"
-            rows[graph.tied.get(name, name)] = module.padding_idx
+            if name not in graph.parametrized:  # weight norm divides by each row's norm: a zero row would be NaN
+                rows[graph.tied.get(name, name)] = module.padding_idx
     return rows
 
 
 def check_prediction(model: nn.Module, params: Mapping[str, torch.Tensor],
-                     own: Mapping[str, nn.Parameter] | None = None) -> None:
-    """Raise before anything is written if a tensor does not fit its parameter or is not finite.
+                     own: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Raise before anything is written if a tensor does not fit its parameter (or buffer, for those parametrizations
+    refresh) or is not finite; ``own``: the model's parameters and buffers by name.
 
     Finiteness is checked in the parameter's own dtype too: a value that fits fp32 but not fp16 would become Inf.
 
@@ -121,7 +133,7 @@ def check_prediction(model: nn.Module, params: Mapping[str, torch.Tensor],
         GraphError: a name or shape that is not the model's (the graph was built from another model).
         GHNError: non-finite values.
     """
-    own = own if own is not None else dict(model.named_parameters())
+    own = own if own is not None else _writable(model)
     for name, t in params.items():
         if name not in own:
             raise GraphError(f"predicted tensor {name!r} is not a parameter of {type(model).__name__}; the graph "
@@ -144,12 +156,18 @@ def check_prediction(model: nn.Module, params: Mapping[str, torch.Tensor],
 
 @torch.no_grad()
 def write_params(model: nn.Module, params: Iterable[tuple[str, torch.Tensor]],
-                 own: Mapping[str, nn.Parameter] | None = None) -> None:
-    """Copy tensors into the model's parameters in place (cast to their dtype, moved to their device)."""
-    own = own if own is not None else dict(model.named_parameters())
+                 own: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Copy tensors into the model's parameters (and buffers) in place, cast to their dtype and moved to their
+    device; ``own``: the model's parameters and buffers by name."""
+    own = own if own is not None else _writable(model)
     for name, t in params:
         p = own[name]
         p.copy_(t.to(device=p.device, dtype=p.dtype))
+
+
+def _writable(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What a prediction writes into, by name: the parameters, and the buffers (those parametrizations refresh)."""
+    return {**dict(model.named_buffers()), **dict(model.named_parameters())}
 
 
 @contextlib.contextmanager
@@ -164,7 +182,8 @@ def init_empty_weights() -> Iterator[None]:
     (uninitialised) before it moves, so peak memory is that of the largest single parameter.
 
     Example:
-        >>> with ghn.init_empty_weights():
+        >>> from ghn import init_empty_weights
+        >>> with init_empty_weights():
         ...     model = AutoModelForCausalLM.from_config(config)
         >>> ghn.predict(model)          # materialised on CPU, buffers as the constructor made them
     """
@@ -183,21 +202,22 @@ def init_empty_weights() -> Iterator[None]:
         nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
-def materialize(model: nn.Module, device: torch.device | str) -> None:
+def materialize(model: nn.Module, device: torch.device | str, written: Collection[str] = ()) -> None:
     """Allocate the ``meta`` parts of a model on ``device`` (parameters uninitialised), buffers as a CPU build has them.
 
     A buffer on ``meta`` has no value, and a model's constructor may have computed one (position ids, attention
     masks, rotary frequencies): leaving it empty or zero gives a different model. Each one is restored by the
     model's own code (see :func:`_restorable_buffers`); anything else is refused *before* the model changes.
     Tensors that are not on ``meta`` (e.g. buffers of a model built under :func:`init_empty_weights`) keep their
-    values and move to ``device``; tied parameters stay tied.
+    values and move to ``device``; tied parameters stay tied. Buffers named in ``written`` (those the prediction
+    refreshes: spectral norm's ``_u``/``_v``) are allocated uninitialised, as parameters are.
 
     Raises:
         DeviceError: a ``meta`` buffer that cannot be recomputed (the message names them and the fix), or
             ``device`` cannot hold the model.
     """
     device = resolve_device(device)
-    values, calls = _restorable_buffers(model)
+    values, calls = _restorable_buffers(model, written)
     moved: dict[int, torch.Tensor] = {}  # id(old tensor) -> its replacement: a tensor shared by modules stays shared
     try:
         for module in model.modules():
@@ -229,7 +249,8 @@ def materialize(model: nn.Module, device: torch.device | str) -> None:
                 module.init_non_persistent_buffers()
 
 
-def _restorable_buffers(model: nn.Module) -> tuple[dict[int, torch.Tensor], list[nn.Module]]:
+def _restorable_buffers(model: nn.Module, written: Collection[str] = ()) -> tuple[dict[int, torch.Tensor],
+                                                                                  list[nn.Module]]:
     """How to give every ``meta`` buffer of ``model`` its constructor's value, without changing the model.
 
     Three ways, all of them the model's own code: ``reset_running_stats()`` (BatchNorm-like statistics),
@@ -243,7 +264,7 @@ def _restorable_buffers(model: nn.Module) -> tuple[dict[int, torch.Tensor], list
     Raises:
         DeviceError: some ``meta`` buffer can be restored in none of these ways.
     """
-    pending = {name: b for name, b in model.named_buffers() if b.is_meta}
+    pending = {name: b for name, b in model.named_buffers() if b.is_meta and name not in written}
     values: dict[int, torch.Tensor] = {}
     calls: list[nn.Module] = []
     for path, module in model.named_modules():  # parents first: one rebuild of a whole HF model covers its parts
@@ -273,8 +294,8 @@ def _restorable_buffers(model: nn.Module) -> tuple[dict[int, torch.Tensor], list
         raise DeviceError(
             f"{type(model).__name__} was built on the meta device and its buffer(s) {shown} have no values: only the "
             "model's constructor knows how to compute them, and predicting would leave them wrong. Build the model "
-            "under `with ghn.init_empty_weights():` (parameters on meta, buffers computed on CPU) or on CPU, then "
-            "predict")
+            "under `with init_empty_weights():` (`from ghn import init_empty_weights`; parameters on meta, buffers "
+            "computed on CPU) or on CPU, then predict")
     return values, calls
 
 
@@ -328,34 +349,106 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
     return dev
 
 
-def classifier_module(model: nn.Module, graph: Graph) -> tuple[str, nn.Module] | None:
-    """The classifier or LM head (:func:`ghn.graph.head_node`) as ``(path, module)``, if any."""
-    i = head_node(graph)
-    if i is None or not graph.nodes[i].module:
-        return None
-    return graph.nodes[i].module, model.get_submodule(graph.nodes[i].module)
+#: parameter-free ops a classifier's output may pass through on its way to the model's output
+_AFTER_HEAD = frozenset({"relu", "gelu", "silu", "sigmoid", "tanh", "hardswish", "activation", "softmax", "max_pool",
+                         "avg_pool", "mean"})
+
+
+def classifier_nodes(graph: Graph) -> list[int]:
+    """The classifier / LM head: the nodes that compute the model's output through activations, softmax and pooling
+    only. Each is a linear or conv with parameters, or the ``matmul`` of an LM head tied to the input embedding.
+
+    Empty when anything else computes the output (a norm or a residual add: hidden states or features, as from
+    ``transformers.Wav2Vec2Model`` or a timm model built with ``num_classes=0``): such a model has no classifier,
+    whatever linear layer happens to be nearest its output (:func:`ghn.graph.head_node`).
+    """
+    parents = graph.parents()
+    heads: list[int] = []
+    frontier, seen = list(parents.get(len(graph.nodes) - 1, [])), set()
+    while frontier:
+        i = frontier.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        node = graph.nodes[i]
+        if (node.op in ("linear", "conv") and node.params) or (node.op == "matmul" and _embeddings(graph, parents, i)):
+            heads.append(i)
+        elif node.op in _AFTER_HEAD and not node.params:
+            frontier += parents.get(i, [])
+        else:
+            return []
+    return sorted(heads)
+
+
+def _embeddings(graph: Graph, parents: dict[int, list[int]], i: int) -> list[Node]:
+    """The embedding nodes feeding node ``i`` (for a ``matmul``: an LM head that reuses the embedding's weight)."""
+    return [graph.nodes[p] for p in parents.get(i, []) if graph.nodes[p].op == "embedding"]
+
+
+def classifier_modules(model: nn.Module, graph: Graph) -> list[tuple[str, nn.Module]]:
+    """The classifier / LM head modules (:func:`classifier_nodes`) as ``(path, module)`` that ``classifier="reinit"``
+    resets, checked before anything is written; empty if the model has no classifier.
+
+    Raises:
+        ConfigError: a head shares its weight with another layer (an LM head tied to the input embedding: resetting
+            it would reset the embedding too), or has no ``reset_parameters()`` to re-initialise it with.
+    """
+    parents = graph.parents()
+    out = []
+    for i in classifier_nodes(graph):
+        node = graph.nodes[i]
+        if node.op == "matmul":  # the output is a product with the input embedding's weight: always shared
+            shared = [(alias, p.name) for n in _embeddings(graph, parents, i) for p in n.params
+                      for alias in p.tied or ["the head"]]
+        else:
+            shared = [(alias, p.name) for p in node.params for alias in p.tied]
+        if shared:
+            alias, name = shared[0]
+            raise ConfigError(f"classifier='reinit' cannot re-initialise the head of {type(model).__name__}: it is "
+                              f"tied to another layer ({alias} is {name}), so resetting it would reset both; use "
+                              "classifier='predict', or untie the head first (transformers: "
+                              "tie_word_embeddings=False)")
+        module = model.get_submodule(node.module) if node.module else None
+        if not hasattr(module, "reset_parameters"):
+            raise ConfigError(f"classifier='reinit': the head {node.module or node.name} of {type(model).__name__} "
+                              f"({type(module).__name__}) has no reset_parameters() to re-initialise it with; use "
+                              "classifier='predict'")
+        out.append((node.module, module))
+    return out
 
 
 @torch.no_grad()
-def reinit_classifier(model: nn.Module, graph: Graph) -> str | None:
-    """Reset the classifier to its own default initialisation; returns its path (None if none was found)."""
-    found = classifier_module(model, graph)
-    if found is None or not hasattr(found[1], "reset_parameters"):
-        return None
-    found[1].reset_parameters()
-    return found[0]
+def reinit_classifier(heads: list[tuple[str, nn.Module]]) -> list[str]:
+    """Reset each head of :func:`classifier_modules` to its own default initialisation; returns their paths."""
+    for path, module in heads:
+        module.reset_parameters()
+        logger.info("classifier %s re-initialised", path)
+    return [path for path, _ in heads]
+
+
+def branch_end_params(graph: Graph) -> set[str]:
+    """Names of the gains ending residual branches (a norm's weight or a layer scale, see
+    :func:`ghn.graph.residual_branch_ends`): what ``branch_scale`` multiplies."""
+    return {p.name for i in residual_branch_ends(graph) for p in graph.nodes[i].params
+            if p.role in ("norm_weight", "layer_scale")}
 
 
 @torch.no_grad()
-def scale_branch_ends(model: nn.Module, graph: Graph, scale: float) -> list[str]:
-    """Multiply the gain ending each residual branch (a norm's weight, or a layer scale) by ``scale`` in place;
-    returns the names of the scaled parameters."""
-    own = dict(model.named_parameters())
-    names = [p.name for i in residual_branch_ends(graph) for p in graph.nodes[i].params
-             if p.role in ("norm_weight", "layer_scale")]
-    for name in names:
-        own[name].mul_(scale)
-    return names
+def scale_branch_ends(params: dict[str, torch.Tensor], ends: set[str], scale: float,
+                      own: Mapping[str, nn.Parameter]) -> None:
+    """Multiply the predicted gains named in ``ends`` (:func:`branch_end_params`) by ``scale``, in ``params``: before
+    anything is written, so a scale that overflows leaves the model untouched.
+
+    Raises:
+        ConfigError: a scaled gain is not finite in its parameter's dtype (e.g. ``branch_scale=1e5`` in fp16).
+    """
+    for name in ends & params.keys():
+        w, dtype = params[name] * scale, own[name].dtype
+        if not torch.isfinite(w.to(dtype)).all():
+            raise ConfigError(f"branch_scale={scale:g} makes {name} non-finite in the model's "
+                              f"{str(dtype).replace('torch.', '')} (predicted gains up to "
+                              f"{params[name].abs().max().item():.3g}); pass a smaller branch_scale")
+        params[name] = w
 
 
 @torch.no_grad()

@@ -30,9 +30,11 @@ import torch.nn as nn
 from .errors import ConfigError, GHNError
 from .prediction import init_empty_weights
 
-__all__ = ["SOURCES", "load_model"]
+__all__ = ["SOURCES", "LIBRARIES", "load_model"]
 
 SOURCES = ("timm", "torchvision", "hf")
+#: the library each source builds its models with
+LIBRARIES = {"timm": "timm", "torchvision": "torchvision", "hf": "transformers"}
 
 #: Hub names whose config is a model type's default plus these fields (so they build offline, cache or not).
 HF_PRESETS: dict[str, dict[str, Any]] = {
@@ -70,7 +72,7 @@ def load_model(spec: str, kwargs: dict[str, Any], meta: bool = False) -> nn.Modu
         raise
     except ImportError as e:  # some transformers models need an extra package
         raise ConfigError(f"could not build {spec}: {e}") from e
-    except (TypeError, ValueError, AttributeError, KeyError, RuntimeError) as e:
+    except (TypeError, ValueError, AttributeError, KeyError, RuntimeError, AssertionError) as e:
         raise ConfigError(f"could not build {spec} with --model-kwargs {json.dumps(kwargs)}: "
                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
 

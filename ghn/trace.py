@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from torch.func import functional_call
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import ExampleInputError
+from .parametrized import Parametrized, effective_value, overriding
 
 __all__ = ["Trace", "trace_model"]
 
@@ -48,8 +50,13 @@ class Trace:
     keep_alive: list = dataclasses.field(default_factory=list, repr=False)  # keeps ids in `leaves` valid
 
 
-def trace_model(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, torch.Tensor]) -> Trace:
+def trace_model(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, torch.Tensor],
+                parametrized: Mapping[str, Parametrized] | None = None) -> Trace:
     """Trace ``model(*args, **kwargs)``; ``params`` maps canonical names to the model's (untied) parameters.
+
+    ``parametrized`` tensors (weight norm, ...; :mod:`ghn.parametrized`) become leaves of their own, named by their
+    effective name, in place of what their parametrization computes: the graph then binds them to the layer that
+    uses them, as plain parameters.
 
     Raises:
         ExampleInputError: if the model cannot run on the inputs, with or without fake tensors.
@@ -63,7 +70,7 @@ def trace_model(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, t
     try:
         try:
             with _quiet_fake_tensor_log():
-                return _run(model, args, kwargs, params, fake=True)
+                return _run(model, args, kwargs, params, parametrized or {}, fake=True)
         except ExampleInputError:
             raise
         except Exception as fake_error:  # noqa: BLE001 - any failure under fake tensors means: try real ones
@@ -71,7 +78,7 @@ def trace_model(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, t
                 raise _input_error(model, args, kwargs, fake_error) from fake_error
             logger.debug("fake-tensor trace failed (%s); tracing with real tensors", fake_error)
             try:
-                return _run(model, args, kwargs, params, fake=False)
+                return _run(model, args, kwargs, params, parametrized or {}, fake=False)
             except Exception as real_error:  # noqa: BLE001
                 raise _input_error(model, args, kwargs, real_error) from real_error
     finally:
@@ -115,7 +122,8 @@ def _restore_slots(slots: list) -> None:
 _NOTHING = object()
 
 
-def _run(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, torch.Tensor], fake: bool) -> Trace:
+def _run(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, torch.Tensor],
+         parametrized: Mapping[str, Parametrized], fake: bool) -> Trace:
     leaves: dict[int, str | None] = {}
     keep: list = []
     if fake:
@@ -140,6 +148,10 @@ def _run(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, torch.Te
             leaves[id(tensors[name])] = name
         for name, b in model.named_buffers():
             tensors[name] = stand_in(b, grad=False)
+        effective: dict[str, torch.Tensor] = {}
+        for name, spec in parametrized.items():
+            effective[name] = stand_in(effective_value(model, spec.module, spec.attr), grad=True)
+            leaves[id(effective[name])] = name
 
         def convert(x: Any) -> Any:
             if isinstance(x, torch.Tensor):
@@ -159,8 +171,10 @@ def _run(model: nn.Module, args: tuple, kwargs: dict, params: dict[str, torch.Te
                 return {k: convert(v) for k, v in x.items()}
             return x
 
-        out = functional_call(model, tensors, convert(args), convert(kwargs), strict=False)
+        with overriding(model, parametrized, effective):
+            out = functional_call(model, tensors, convert(args), convert(kwargs), strict=False)
     keep.extend(tensors.values())
+    keep.extend(effective.values())
     outputs = [t for t in _flatten(out) if t.grad_fn is not None or t.requires_grad]
     if not outputs:
         raise ExampleInputError(

@@ -2,14 +2,18 @@
 
 Cases come from every model_zoo family and from random "user-style" modules (Sequential / residual MLPs and CNNs
 with odd widths, 1-D/2-D/3-D convs, ConvTranspose, GroupNorm, Embedding + MultiheadAttention, raw nn.Parameter,
-tied weights, unused and integer parameters, skipped modules, half/bf16/double models). Each case must either
-succeed, with every predicted tensor finite and of its parameter's shape and coverage 1.0 or every gap listed
-with a reason, or raise the typed error the case expects. Anything else (an untyped exception, NaN/Inf, a
-wrong shape, an unexplained gap) is a failure. Zoo models of every family are also built on the ``meta`` device
-(plain ``torch.device("meta")`` or ``ghn.init_empty_weights()``) and predicted in place: the materialised model must
-equal a CPU build of the same spec holding the same parameters (every buffer, and the outputs, bit for bit). Cases
-are a pure function of ``(index, seed)``: a failure is reproduced with
-``python scripts/fuzz.py --only <index> --seed <seed>``.
+tied weights, unused and integer parameters, skipped modules, half/bf16/double models, layers with weight norm,
+spectral norm (both torch APIs), orthogonal and other parametrizations), plus models ghn refuses on purpose
+(quantized, TorchScript, nn.DataParallel, complex parameters). Each case must either succeed, with every predicted
+tensor finite and of its parameter's shape and coverage 1.0 or every gap listed with a reason, or raise the typed
+error the case expects (``EXPECTED_ERRORS``). Anything else (an untyped exception, NaN/Inf, a wrong shape, an
+unexplained gap) is a failure. A parametrized layer must, after predict(), compute the prediction for the same
+architecture without parametrizations (weight norm exactly, spectral norm divided by its largest singular value,
+others as ``module.weight = prediction`` would): a silently wrong weight is a failure too. Zoo models of every
+family are also built on the ``meta`` device (plain ``torch.device("meta")`` or ``ghn.init_empty_weights()``) and
+predicted in place: the materialised model must equal a CPU build of the same spec holding the same parameters
+(every buffer, and the outputs, bit for bit). Cases are a pure function of ``(index, seed)``: a failure is
+reproduced with ``python scripts/fuzz.py --only <index> --seed <seed>``.
 
     python scripts/fuzz.py --n 1000                 # writes benchmarks/results/fuzz.md
     python scripts/fuzz.py --n 50 --out /dev/null   # a quick run
@@ -39,10 +43,10 @@ for path in (ROOT, ROOT / "scripts"):  # ghn and model_zoo; the fuzzing/ package
         sys.path.insert(0, str(path))
 
 from ghn import GHN, GHNConfig  # noqa: E402
-from fuzzing.cases import FAILURES, KINDS, USER_KINDS, ZOO_FAMILIES, Case, make_case  # noqa: E402
+from fuzzing.cases import EXPECTED_ERRORS, FAILURES, KINDS, USER_KINDS, ZOO_FAMILIES, Case, make_case  # noqa: E402
 from fuzzing.checks import run_case  # noqa: E402
 
-__all__ = ["Case", "KINDS", "FAILURES", "USER_KINDS", "ZOO_FAMILIES", "make_case", "run_case", "run",
+__all__ = ["Case", "KINDS", "EXPECTED_ERRORS", "FAILURES", "USER_KINDS", "ZOO_FAMILIES", "make_case", "run_case", "run",
            "write_report", "main"]
 
 
@@ -83,7 +87,12 @@ def write_report(rows: list[dict], out: Path, seed: int, elapsed: float, command
         "reported, and predict() writes the prediction in place keeping each parameter's dtype (and a float32 "
         "model's output stays finite). A zoo model built on the meta device must, once predicted in place, equal a CPU "
         "build of its spec holding the same parameters (every buffer and the outputs, bit for bit). "
-        "`user:complex` cases must raise UnsupportedModuleError. Cases are pure "
+        "A layer with weight norm, spectral norm or another parametrization must, after predict(), compute the "
+        "prediction for the same architecture without parametrizations (weight norm exactly, spectral norm divided "
+        "by its largest singular value, others as `module.weight = prediction` would); when a parametrization cannot "
+        "be written through (no right_inverse) the gap must be listed instead. "
+        + ", ".join(f"`{k}`" for k in EXPECTED_ERRORS) + " cases must raise "
+        + "/".join(sorted({e.__name__ for e in EXPECTED_ERRORS.values()})) + ". Cases are pure "
         "functions of (index, seed): `python scripts/fuzz.py --only INDEX --seed SEED` replays one.", "",
         "| kind | cases | ok | expected error | failures | coverage < 1 | params (median) | s/case |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -102,6 +111,9 @@ def write_report(rows: list[dict], out: Path, seed: int, elapsed: float, command
               f"{sum(r.get('build') == 'meta' for r in rows)}, with ghn.init_empty_weights(): "
               f"{sum(r.get('build') == 'init_empty_weights' for r in rows)}), each predicted in place and compared "
               "with a CPU build holding the same parameters.", ""]
+    compared = [r.get("effective", 0) for r in rows]
+    lines += [f"Parametrized tensors compared with the plain architecture's prediction after predict(): "
+              f"{sum(compared)} (in {sum(map(bool, compared))} models).", ""]
     statuses = collections.Counter(r["status"] for r in rows)
     lines += [f"Statuses: {', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))}.", ""]
     if failures:

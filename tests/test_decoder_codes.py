@@ -47,10 +47,11 @@ def test_tables_start_at_zero_so_an_untrained_v2_decoder_predicts_like_v1():
 
 def _save_as_v1(tmp_path):
     torch.manual_seed(0)
-    ghn = GHN(GHNConfig.preset("tiny", data_codes=[0, 0, 0], code_gain=1.0))
+    ghn = GHN(GHNConfig.preset("tiny", data_codes=[0, 0, 0], code_gain=1.0, pooled_flatten=False,
+                               centered_fan_in=False, output_gain=1.0))
     ghn.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    for k in ("decoder_version", "data_codes", "code_gain"):
+    for k in ("decoder_version", "data_codes", "code_gain", "pooled_flatten", "centered_fan_in", "output_gain"):
         cfg.pop(k)
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     return ghn
@@ -77,20 +78,23 @@ def test_v3_predicts_a_flattened_map_reader_as_pooling_then_a_linear(tmp_path):
     assert spread["4.weight"] == 36 and spread["6.weight"] == 1 and spread["0.weight"] == 1
     torch.manual_seed(0)
     ghn = GHN(GHNConfig.preset("tiny")).eval()
-    assert ghn.config.pooled_flatten and ghn.config.decoder_version == 3
+    assert ghn.config.pooled_flatten and ghn.config.decoder_version >= 3
     w = ghn(g)[0]["4.weight"].view(8, 4, 36)  # (rows, channels, positions), torch.flatten order
     assert torch.allclose(w, w[..., :1].expand_as(w)) and w.abs().sum() > 0  # one value per channel
     # a version-2 checkpoint keeps its own rule: every column its own code
     ghn.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg.pop("pooled_flatten")
+    for k in ("pooled_flatten", "centered_fan_in", "output_gain"):
+        cfg.pop(k)
     cfg["decoder_version"] = 2
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     v2 = GHN.from_pretrained(tmp_path)
     assert not v2.config.pooled_flatten
     w2 = v2(g)[0]["4.weight"].view(8, 4, 36)
     assert not torch.allclose(w2, w2[..., :1].expand_as(w2))
-    assert torch.equal(v2(g)[0]["6.weight"], ghn(g)[0]["6.weight"])  # nothing else changes
+    v3 = GHN(GHNConfig.preset("tiny", centered_fan_in=False, output_gain=1.0)).eval()
+    v3.load_state_dict(ghn.state_dict())
+    assert torch.equal(v2(g)[0]["6.weight"], v3(g)[0]["6.weight"])  # nothing else changes
 
 
 def test_v3_flattened_reader_streams_into_a_meta_model_like_a_cpu_one():
@@ -130,3 +134,41 @@ def test_balance_gradients_gives_every_tensor_unit_rms_gradient():
     (1000 * params["a"].sum() + 0.001 * params["b"].sum()).backward()
     for g in (a.grad, b.grad):
         assert g.pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-4)
+
+
+def _cell_cnn() -> nn.Module:
+    """A stem reading the input, a depthwise conv, a dense hidden conv and a hidden linear before the classifier."""
+    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1, groups=6),
+                         nn.Conv2d(6, 8, 3, padding=1), nn.GroupNorm(1, 8), nn.ReLU(), nn.AdaptiveMaxPool2d(1),
+                         nn.Flatten(), nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 3))
+
+
+def test_v4_hidden_rows_sum_to_zero_over_their_input_channels():
+    torch.manual_seed(0)
+    ghn = GHN(GHNConfig.preset("tiny")).eval()
+    assert ghn.config.centered_fan_in and ghn.config.decoder_version == 4
+    p = ghn(build_graph(_cell_cnn(), torch.randn(2, 1, 6, 6)))[0]
+    for name in ("3.weight", "8.weight", "10.weight"):  # hidden columns: every (row, kernel position) sums to 0
+        w = p[name]
+        assert w.sum(1).abs().max() < 1e-5 * w.abs().max() * w.shape[1], name
+        assert w.abs().max() > 0
+    # the first layer's columns face the data, a depthwise kernel has one column: neither is centred
+    assert p["0.weight"].sum(1).abs().max() > 1e-3 and p["2.weight"].sum(1).abs().max() > 1e-3
+
+
+def test_v4_starts_the_output_layer_small_and_leaves_the_rest():
+    torch.manual_seed(0)
+    small = GHN(GHNConfig.preset("tiny")).eval()
+    full = GHN(GHNConfig.preset("tiny", output_gain=1.0)).eval()
+    full.load_state_dict(small.state_dict())
+    g = build_graph(_cell_cnn(), torch.randn(2, 1, 6, 6))
+    a, b = small(g)[0], full(g)[0]
+    assert torch.allclose(a["10.weight"], 0.1 * b["10.weight"])  # the classifier
+    assert all(torch.equal(a[k], b[k]) for k in a if k != "10.weight")
+
+
+def test_a_v3_checkpoint_keeps_the_v3_rules(tmp_path):
+    ghn = GHN.from_pretrained("checkpoints/ghn-fmnist")  # released as decoder v3
+    assert ghn.config.decoder_version == 3
+    assert not ghn.config.centered_fan_in and ghn.config.output_gain == 1.0
+    assert not ghn.decoder.centered_fan_in and ghn.decoder.output_gain == 1.0

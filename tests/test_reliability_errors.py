@@ -9,8 +9,7 @@ import torch.nn as nn
 
 import ghn.ops
 from ghn import GHN, GHNConfig, build_graph, register_op
-from ghn.errors import DeviceError, ExampleInputError, GHNError, UnsupportedModuleError
-from ghn.graph import NotAModuleError
+from ghn.errors import DeviceError, ExampleInputError, GHNError, NotAModuleError, UnsupportedModuleError
 from ghn.prediction import recalibrate_bn, resolve_device, write_params
 
 

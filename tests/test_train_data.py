@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from ghn.errors import ConfigError
-from train.data import (FMNIST_MEAN, FMNIST_STD, ImageStream, TextStream, fashion_mnist, fortunes_bytes, normalize,
-                        read_idx)
+from train.data import FMNIST_MEAN, FMNIST_STD, fashion_mnist, fortunes_bytes, normalize, read_idx
 from train.datasets import ImageSource, ImageTensors
+from train.streams import ImageStream, TextStream
 from train.prefetch import Prefetcher
 
 

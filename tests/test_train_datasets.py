@@ -86,7 +86,7 @@ def test_greyscale_images_give_one_channel_and_image_size_resizes(tmp_path):
     for c in ("a", "b"):
         for i, size in enumerate([(10, 10), (12, 8)]):
             _png(tmp_path / c / f"{i}.png", size, (90 * i + 10,) * 3, mode="L")
-    with pytest.raises(ConfigError, match=r"2 different sizes.*--image-size N"):
+    with pytest.raises(ConfigError, match=r"2 different sizes.*--image-size 12 to resize them all to 12x12"):
         open_dataset(f"imagefolder:{tmp_path}", "image")
     src = open_dataset(f"imagefolder:{tmp_path}", "image", image_size=8)
     assert src.input_shape == (1, 8, 8)

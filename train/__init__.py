@@ -1,7 +1,8 @@
 """train: meta-train a GHN on real data (``python -m train`` / ``ghn-train``).
 
-Modules: ``config`` (TrainConfig), ``cli`` (flags + YAML presets in ``configs/``), ``data`` (Fashion-MNIST,
-fortunes, batch streams), ``datasets`` (``--dataset`` specs), ``images`` / ``text`` (image folders, torchvision
+Modules: ``config`` (TrainConfig), ``cli`` (flags + YAML presets in ``configs/``), ``options`` (messages name
+flags or keywords, as the caller wrote them), ``data`` (Fashion-MNIST and fortunes readers), ``datasets``
+(``--dataset`` specs), ``streams`` (seeded batch streams), ``images`` / ``text`` (image folders, torchvision
 datasets, text corpora, tokenizers), ``api`` (``meta_train``: a Python dataset in, a trained GHN out), ``tasks``
 (losses of archs run with predicted parameters), ``loop`` (the meta-training step),
 ``distributed`` (torchrun/DDP), ``checkpoint`` (atomic safetensors + JSON), ``metrics`` / ``plot`` (JSONL, PNG),

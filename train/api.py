@@ -26,6 +26,7 @@ from ghn.errors import ConfigError
 from .config import TrainConfig, load_yaml
 from .datasets import DATASET_TASKS, ImageSource, TextSource, parse_dataset
 from .images import holdout_split
+from .options import python_spelling
 
 __all__ = ["meta_train", "as_source"]
 
@@ -74,9 +75,11 @@ def as_source(dataset: Any, *, test_dataset: Dataset | None = None, classes: lis
     classes = classes or getattr(dataset, "classes", None) or [str(c) for c in range(max(labels) + 1)]
     if max(labels) >= len(classes) or min(labels) < 0:
         raise ConfigError(f"{name}: labels span [{min(labels)}, {max(labels)}] but there are {len(classes)} classes")
-    return ImageSource(name, train, test, [str(c) for c in classes], test_note=note)
+    # resizable=False: train reads a Python dataset's items as they are (image_size is for dataset specs)
+    return ImageSource(name, train, test, [str(c) for c in classes], test_note=note, resizable=False)
 
 
+@python_spelling()  # its messages name keywords (image_size=32), not the command line's flags
 def meta_train(dataset: Any, out: str | os.PathLike, *, config: TrainConfig | dict | str | os.PathLike | None = None,
                test_dataset: Dataset | None = None, classes: list[str] | None = None, vocab_size: int | None = None,
                **overrides: Any) -> Path:
@@ -113,6 +116,11 @@ def meta_train(dataset: Any, out: str | os.PathLike, *, config: TrainConfig | di
         task = DATASET_TASKS[parse_dataset(dataset)[0]]
         source = None
     else:
+        if d.get("image_size") is not None:
+            raise ConfigError(f"image_size={d['image_size']!r} resizes the images of a dataset spec "
+                              "('imagefolder:DIR', 'torchvision:NAME:ROOT'); a Python dataset is read as it is: resize "
+                              "its images in the dataset itself (e.g. a torchvision.transforms.Resize transform), and "
+                              "drop image_size")
         source = dataset if isinstance(dataset, (ImageSource, TextSource)) else as_source(
             dataset, test_dataset=test_dataset, classes=classes, vocab_size=vocab_size,
             seq_len=int(d.get("seq_len", TrainConfig().seq_len)))

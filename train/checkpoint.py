@@ -40,9 +40,11 @@ from safetensors.torch import load_file, save_file
 from ghn import GHN
 from ghn.errors import CheckpointError, ConfigError
 
+from .options import option
+
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "find_checkpoint", "atomic_write_text",
            "optimizer_state", "load_optimizer_state", "clean_partial_saves", "git_hash", "check_run_dir",
-           "checkpoint_step", "LATEST"]
+           "checkpoint_step", "ghn_location", "LATEST"]
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +149,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, ghn: GHN, state: dict
     final = run / name
     if final.exists():  # it belongs to a run that got there first: replacing it would lose that state
         raise CheckpointError(f"{final} already exists; a checkpoint directory is never written into again — "
-                              "resume from it, or write this run to a new --out directory")
+                              f"resume from it, or write this run to a new {option('out')} directory")
     tmp = Path(tempfile.mkdtemp(dir=run, prefix=f".{name}.tmp"))
     try:
         ghn.save_pretrained(tmp)  # config.json + model.safetensors + README.md, each written atomically
@@ -226,6 +228,19 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
                           f"{STATE_JSON}){hint}")
 
 
+def ghn_location(name: str | os.PathLike) -> str:
+    """What ``name`` means as a GHN to load: a training run directory (with ``latest.json``) means its newest
+    checkpoint; anything else is for ``GHN.from_pretrained`` unchanged (a GHN or checkpoint directory, a shipped
+    predictor's name such as ``ghn-fmnist``, a Hub repo id), which says what is wrong with it.
+
+    The one reading of ``--ghn`` (``python -m train.evaluate``) and ``--init-from`` (``python -m train``).
+
+    Raises:
+        CheckpointError: a run directory whose ``latest.json`` points nowhere.
+    """
+    return str(find_checkpoint(name)) if (Path(name) / LATEST).is_file() else os.fspath(name)
+
+
 def check_run_dir(out: str | os.PathLike, resumed: Checkpoint | None, steps: int) -> None:
     """Raise unless a run that ends at ``steps`` can write into ``out`` without touching a checkpoint of its own past
     or of another run.
@@ -237,19 +252,19 @@ def check_run_dir(out: str | os.PathLike, resumed: Checkpoint | None, steps: int
     out = Path(out)
     if resumed is not None and resumed.step > steps:
         raise ConfigError(f"run is at step {resumed.step}, config asks for {steps} ({resumed.path}); steps is the "
-                          f"total number of steps, so pass --steps {resumed.step} or more to continue it (or resume "
-                          "an earlier checkpoint into a new --out)")
+                          f"total number of steps, so pass {option('steps', resumed.step)} or more to continue it (or "
+                          f"resume an earlier checkpoint into a new {option('out')})")
     existing = sorted(c for c in out.glob(f"{PREFIX}[0-9]*") if checkpoint_step(c) is not None)
     if resumed is None or resumed.path.parent.resolve() != out.resolve():
         if existing or (out / LATEST).exists():
             raise ConfigError(f"{out} already holds a run ({LATEST} or ckpt-* directories); continue it with "
-                              f"--resume {out}, or write to a new --out directory")
+                              f"{option('resume', str(out))}, or write to a new {option('out')} directory")
         return
     later = [c.name for c in existing if checkpoint_step(c) > resumed.step]
     if later:
         raise ConfigError(f"{out} has checkpoints after {resumed.path.name} ({', '.join(later)}), which continuing "
-                          f"from it in place would overwrite; resume the newest (--resume {out}), or pass a new "
-                          "--out to branch off from it")
+                          "from it in place would overwrite; resume the newest "
+                          f"({option('resume', str(out))}), or pass a new {option('out')} to branch off from it")
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

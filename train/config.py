@@ -18,8 +18,10 @@ from typing import Any
 
 import yaml
 
+from ghn.config import GHNConfig
 from ghn.errors import ConfigError
 
+from .options import option
 from .pool import check_pool
 
 __all__ = ["TrainConfig", "load_yaml", "family_task", "unknown_key_message"]
@@ -53,8 +55,9 @@ class TrainConfig:
     seed: int = _f(0, "Run", "seed of the GHN init, the data order and the arch stream")
     device: str = _f("auto", "Run", "cpu, cuda, cuda:1, ... or auto (cuda when available)")
     resume: str | None = _f(None, "Run", "a run directory (its latest checkpoint) or one checkpoint directory")
-    init_from: str | None = _f(None, "Run", "warm start: a GHN directory (a checkpoint or a released predictor) "
-                               "whose weights start this run; optimizer, schedule and arch stream start afresh")
+    init_from: str | None = _f(None, "Run", "warm start: a GHN whose weights start this run (a run or checkpoint "
+                               "directory, a released predictor's directory or a shipped one's name, e.g. "
+                               "ghn-fmnist); optimizer, schedule and arch stream start afresh")
     ckpt_every: int = _f(100, "Run", "write a checkpoint every K steps (and always at the end)")
     keep_checkpoints: int = _f(2, "Run", "how many step checkpoints to keep (older ones are deleted; 0 keeps all)")
     log_every: int = _f(10, "Run", "append a line to metrics.jsonl every N steps")
@@ -134,6 +137,9 @@ class TrainConfig:
             raise ConfigError(f"families {wrong} do not fit task {self.task!r} (image: cnn, vit, mlp, timm; "
                               "lm: gpt, llama, nanolm)")
         self._validate_zoo_constraints()
+        # The GHN's sizes now, not when the run builds it: a typo in ghn_overrides must stop the command before it
+        # prints the resolved config or touches --out (GHNConfig's message names the field and the known ones).
+        GHNConfig.preset(self.ghn_preset, **self.ghn_overrides)
 
     def _validate_zoo_constraints(self) -> None:
         """Each key must be a constraint the samplers it applies to take, and each per-family entry a family this
@@ -187,14 +193,16 @@ class TrainConfig:
             kind, _ = parse_dataset(self.dataset)
             task = DATASET_TASKS[kind]
             if task not in (None, self.task):
-                fix = "--task lm --families gpt llama" if task == "lm" else "--task image --families cnn vit mlp"
+                families = ["gpt", "llama"] if task == "lm" else ["cnn", "vit", "mlp"]
+                fix = f"{option('task', task)} {option('families', families)}"
                 raise ConfigError(f"dataset {self.dataset!r} is {'text' if task == 'lm' else 'images'}, but the task "
                                   f"is {self.task!r}; add {fix}")
         if self.image_size is not None and (self.image_size < 1 or self.task != "image"):
-            raise ConfigError(f"image_size must be >= 1 and is for --task image, got {self.image_size} "
-                              f"(task {self.task!r})")
+            raise ConfigError(f"{option('image_size')} must be >= 1 and is for {option('task', 'image')}, got "
+                              f"{self.image_size} (task {self.task!r})")
         if self.tokenizer is not None and self.task != "lm":
-            raise ConfigError("--tokenizer is for language models: add --task lm --families gpt llama, or drop it")
+            raise ConfigError(f"{option('tokenizer')} is for language models: add {option('task', 'lm')} "
+                              f"{option('families', ['gpt', 'llama'])}, or drop it")
 
     # ---- (de)serialisation -------------------------------------------------------------------------------------
     @classmethod

@@ -1,5 +1,5 @@
-"""Real data for meta-training: the Fashion-MNIST and fortunes readers, and the seeded batch streams every dataset
-goes through (other datasets are opened by :mod:`train.datasets`).
+"""Real data for meta-training: the Fashion-MNIST and fortunes readers (other datasets are opened by
+:mod:`train.datasets`, and every dataset is batched by :mod:`train.streams`).
 
 * Fashion-MNIST (Debian ``dataset-fashion-mnist``): the four idx ``.gz`` files under
   ``/usr/share/datasets/fashion-mnist`` (override: ``--data-dir`` or ``$GHN_FMNIST_DIR``), parsed with gzip + torch
@@ -10,9 +10,8 @@ goes through (other datasets are opened by :mod:`train.datasets`).
   tokenizer to ship or version, every text is representable, and the LMs' embeddings stay tiny, which is what a
   2-core CPU can meta-train. The last 5 % of the bytes is the validation split.
 
-Batches are pure functions of ``(seed, rank, step)``, so a resumed run sees exactly the data it would have seen,
-and DDP ranks see different data without any coordination. The streams read an ``ImageSource`` / ``TextSource``
-(:mod:`train.datasets`); without one they read Fashion-MNIST / fortunes as before.
+``stream_seed`` turns any parts (seed, rank, step, ...) into an unrelated 63-bit seed: the streams, the BatchNorm
+batches and the LM evaluation windows draw from it, so every draw is a pure function of its parts.
 """
 from __future__ import annotations
 
@@ -25,8 +24,10 @@ import torch
 
 from ghn.errors import ConfigError
 
+from .options import option
+
 __all__ = ["FMNIST_MEAN", "FMNIST_STD", "read_idx", "fashion_mnist", "normalize", "fortunes_bytes", "fortunes_split",
-           "ImageStream", "TextStream", "fmnist_dir", "fortunes_dir", "stream_seed"]
+           "fmnist_dir", "fortunes_dir", "stream_seed"]
 
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530  # Fashion-MNIST train-set pixel mean / std (after /255)
 FMNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
@@ -65,7 +66,8 @@ def read_idx(path: str | os.PathLike) -> torch.Tensor:
             raw = f.read()
     except FileNotFoundError:
         raise ConfigError(f"{p} does not exist; install Fashion-MNIST (`apt-get install dataset-fashion-mnist`) "
-                          "or point --data-dir / $GHN_FMNIST_DIR at a directory with the idx .gz files") from None
+                          f"or point {option('data_dir')} / $GHN_FMNIST_DIR at a directory with the idx .gz files"
+                          ) from None
     except (OSError, EOFError) as e:
         raise ConfigError(f"{p} is not readable ({e}); the file is truncated or corrupt") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
@@ -111,7 +113,7 @@ def fortunes_bytes(data_dir: str | os.PathLike | None = None) -> torch.Tensor:
     root = fortunes_dir(data_dir)
     if not root.is_dir():
         raise ConfigError(f"{root} is not a directory; install fortunes (`apt-get install fortunes`) or point "
-                          "--data-dir / $GHN_FORTUNES_DIR at a directory of text files")
+                          f"{option('data_dir')} / $GHN_FORTUNES_DIR at a directory of text files")
     files = sorted(p for p in root.iterdir() if p.is_file() and not p.is_symlink() and not p.suffix)
     data = b"".join(p.read_bytes() for p in files)
     if len(data) < 10_000:
@@ -119,63 +121,8 @@ def fortunes_bytes(data_dir: str | os.PathLike | None = None) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
 
 
-class ImageStream:
-    """Training batches of an image dataset: batch ``n`` of rank ``r`` is a pure function of ``(seed, r, n)``.
-
-    Each rank walks its own sequence of epochs, each a fresh permutation of the training images (seeded per epoch),
-    ``batch_size`` images per step.
-
-    Args:
-        source: a :class:`train.datasets.ImageSource` (default: Fashion-MNIST from ``data_dir``).
-
-    Shapes:
-        ``batch(n)`` → ``x (B, C, H, W)`` float (normalised; ``(B, 1, 28, 28)`` for Fashion-MNIST), ``y (B,)`` int64.
-    """
-
-    def __init__(self, batch_size: int, seed: int = 0, rank: int = 0, data_dir: str | None = None, source=None):
-        from .datasets import ImageSource
-        self.source = source if source is not None else ImageSource.fashion_mnist(data_dir)
-        self.batch_size, self.seed, self.rank = batch_size, seed, rank
-        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if epoch != self._epoch:  # consecutive steps share an epoch: cache its permutation
-            g = torch.Generator().manual_seed(stream_seed("fmnist", self.seed, self.rank, epoch))
-            self._epoch, self._perm = epoch, torch.randperm(len(self.source.train), generator=g)
-        return self._perm
-
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        n = len(self.source.train)
-        pos = torch.arange(step * self.batch_size, (step + 1) * self.batch_size)
-        idx = torch.cat([self._permutation(int(e))[pos[pos // n == e] % n] for e in torch.unique(pos // n)])
-        return self.source.load("train", idx)
-
-
 def fortunes_split(data_dir: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(train, val)`` byte tensors: the fortunes corpus with its last 5 % held out for validation."""
     data = fortunes_bytes(data_dir)
     split = int(len(data) * (1 - VAL_FRACTION))
     return data[:split], data[split:]
-
-
-class TextStream:
-    """Training windows of a token stream: ``batch(n)`` draws ``batch_size`` random windows of ``seq_len + 1``
-    tokens (seeded by ``(seed, rank, n)``) and returns them shifted by one for next-token prediction.
-
-    Args:
-        source: a :class:`train.datasets.TextSource` (default: the fortunes bytes from ``data_dir``).
-
-    Shapes:
-        ``batch(n)`` → ``x (B, T)`` int64 inputs, ``y (B, T)`` int64 targets (``y[:, t] = x[:, t + 1]``).
-    """
-
-    def __init__(self, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0, data_dir: str | None = None,
-                 source=None):
-        self.train, self.val = fortunes_split(data_dir) if source is None else (source.train, source.val)
-        self.batch_size, self.seq_len, self.seed, self.rank = batch_size, seq_len, seed, rank
-
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.Generator().manual_seed(stream_seed("fortunes", self.seed, self.rank, step))
-        starts = torch.randint(0, len(self.train) - self.seq_len - 1, (self.batch_size,), generator=g)
-        win = self.train[starts[:, None] + torch.arange(self.seq_len + 1)]
-        return win[:, :-1], win[:, 1:]

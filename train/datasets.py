@@ -1,5 +1,6 @@
 """What a run trains on: a ``--dataset`` spec opened as an :class:`ImageSource` (labelled images, train + test) or a
-:class:`TextSource` (token ids, train + validation).
+:class:`TextSource` (token ids, train + validation); :class:`ImageEvalData` is an image source's test split, ready
+for zero-shot evaluation.
 
 Specs (``--dataset`` / the ``dataset`` YAML key):
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,12 @@ from torch.utils.data import Dataset
 
 from ghn.errors import ConfigError
 
-__all__ = ["DATASET_TASKS", "parse_dataset", "default_dataset", "ImageTensors", "ImageSource", "TextSource",
-           "open_dataset", "open_source", "to_values", "channel_stats"]
+from .data import FMNIST_MEAN, FMNIST_STD, fashion_mnist, fortunes_bytes, normalize
+from .images import image_folder, resize_fix, torchvision_dataset
+from .options import option
+
+__all__ = ["DATASET_TASKS", "parse_dataset", "default_dataset", "ImageTensors", "ImageSource", "ImageEvalData",
+           "TextSource", "open_dataset", "open_source", "to_values", "channel_stats"]
 
 DATASET_TASKS = {"fashion-mnist": "image", "fortunes": "lm", "imagefolder": "image", "torchvision": "image",
                  "text": "lm", "python": None}  # python: a run started by train.meta_train with a Python dataset
@@ -108,24 +114,27 @@ class ImageTensors(Dataset):
         return (x.float() / 255 if x.dtype == torch.uint8 else x.float()), self.y[idx]
 
 
-def _take(ds: Dataset, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _take(ds: Dataset, idx: torch.Tensor, resizable: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(ds, ImageTensors):
         return ds.take(idx)
     items = [ds[i] for i in idx.tolist()]
     values = [to_values(x) for x, _ in items]
-    if len({tuple(v.shape) for v in values}) > 1:
-        raise ConfigError(f"images of different shapes in one batch ({sorted({tuple(v.shape) for v in values})}); "
-                          "pass --image-size N to resize them all to NxN")
+    shapes = sorted({tuple(v.shape) for v in values})
+    if len(shapes) > 1:
+        raise ConfigError(f"images of different shapes in one batch ({shapes}); "
+                          f"{resize_fix(max(values[0].shape[1:]), resizable)}")
     return torch.stack(values), torch.tensor([int(y) for _, y in items], dtype=torch.long)
 
 
-def channel_stats(ds: Dataset, n: int = STATS_IMAGES, seed: int = 0) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of the values of up to ``n`` items of ``ds`` (a seeded sample; all if fewer)."""
+def channel_stats(ds: Dataset, n: int = STATS_IMAGES, seed: int = 0, *,
+                  resizable: bool = True) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the values of up to ``n`` items of ``ds`` (a seeded sample; all if fewer).
+    ``resizable``: see :func:`train.images.resize_fix`."""
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(ds), generator=g)[:n]
     total, squares, count = 0.0, 0.0, 0
     for chunk in idx.split(256):
-        x = _take(ds, chunk)[0].double()  # (B, C, H, W)
+        x = _take(ds, chunk, resizable)[0].double()  # (B, C, H, W)
         total = total + x.sum((0, 2, 3))
         squares = squares + (x * x).sum((0, 2, 3))
         count += x.numel() // x.shape[1]
@@ -144,6 +153,8 @@ class ImageSource:
         classes: class names; labels are indices into it.
         mean, std: per-channel statistics of the training values; None computes them (:func:`channel_stats`).
         test_note: where the test split comes from (for provenance).
+        resizable: whether images of different sizes can be fixed with ``image_size`` (dataset specs); False for
+            Python datasets, whose errors say to resize them in the dataset.
 
     Shapes:
         ``load(split, idx)`` → ``x (B, C, H, W)`` float32 normalised, ``y (B,)`` int64.
@@ -152,13 +163,15 @@ class ImageSource:
     task = "image"
 
     def __init__(self, name: str, train: Dataset, test: Dataset, classes: list[str], *,
-                 mean: list[float] | None = None, std: list[float] | None = None, test_note: str = "its test split"):
+                 mean: list[float] | None = None, std: list[float] | None = None, test_note: str = "its test split",
+                 resizable: bool = True):
         if len(train) == 0 or len(test) == 0:
             raise ConfigError(f"{name}: the {'training' if len(train) == 0 else 'test'} split is empty; add images")
         self.name, self.train, self.test, self.classes, self.test_note = name, train, test, list(classes), test_note
+        self.resizable = resizable
         self.input_shape = tuple(_take(train, torch.tensor([0]))[0].shape[1:])
         if mean is None or std is None or len(mean) != self.input_shape[0]:
-            mean, std = channel_stats(train)
+            mean, std = channel_stats(train, resizable=resizable)
         self.mean, self.std = list(mean), list(std)
         self._mean = torch.tensor(self.mean).view(-1, 1, 1)
         self._std = torch.tensor(self.std).view(-1, 1, 1)
@@ -169,10 +182,10 @@ class ImageSource:
 
     def load(self, split: str, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised images and labels of items ``idx`` of ``split`` ("train" or "test")."""
-        x, y = _take(self.train if split == "train" else self.test, idx)
+        x, y = _take(self.train if split == "train" else self.test, idx, self.resizable)
         if tuple(x.shape[1:]) != self.input_shape:
             raise ConfigError(f"{self.name}: an image of shape {tuple(x.shape[1:])} among images of shape "
-                              f"{self.input_shape}; pass --image-size N to resize them all to NxN")
+                              f"{self.input_shape}; {resize_fix(max(self.input_shape[1:]), self.resizable)}")
         return (x - self._mean) / self._std, y
 
     def describe(self) -> str:
@@ -182,10 +195,52 @@ class ImageSource:
 
     @classmethod
     def fashion_mnist(cls, data_dir: str | os.PathLike | None = None) -> ImageSource:
-        from .data import FMNIST_MEAN, FMNIST_STD, fashion_mnist
         train, test = fashion_mnist("train", data_dir), fashion_mnist("test", data_dir)
         return cls("fashion-mnist", ImageTensors(*train), ImageTensors(*test), FMNIST_CLASSES, mean=[FMNIST_MEAN],
                    std=[FMNIST_STD], test_note="the 10,000 test images")
+
+
+@dataclass
+class ImageEvalData:
+    """Normalised test images of a dataset, ready for zero-shot evaluation (:mod:`train.evaluate`), and its training
+    images for the BatchNorm batches.
+
+    Shapes:
+        train_x: (N_train, C, H, W) float (only the BatchNorm batches are read; Fashion-MNIST: 60000 x 1x28x28);
+        test_x: (N, C, H, W) float; test_y: (N,) int64.
+    """
+
+    train_x: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    @classmethod
+    def load(cls, data_dir: str | None = None, test_images: int | None = None) -> ImageEvalData:
+        """All Fashion-MNIST training images and the first ``test_images`` test images (None: all 10,000)."""
+        train_x, _ = fashion_mnist("train", data_dir)
+        test_x, test_y = fashion_mnist("test", data_dir, limit=test_images)
+        return cls(normalize(train_x), normalize(test_x), test_y)
+
+    @classmethod
+    def from_source(cls, source: ImageSource, test_images: int | None = None) -> ImageEvalData:
+        """Any image dataset: its first ``test_images`` test images (None: all), and its training images as a lazy
+        view (only the BatchNorm batches are ever read, so big image folders are not decoded in full)."""
+        n = len(source.test) if test_images is None else min(test_images, len(source.test))
+        test_x, test_y = source.load("test", torch.arange(n))
+        return cls(_TrainView(source), test_x, test_y)
+
+
+class _TrainView:
+    """``view[idx]`` → normalised training images ``(B, C, H, W)`` of an :class:`ImageSource`, loaded on demand."""
+
+    def __init__(self, source: ImageSource):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source.train)
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.source.load("train", torch.as_tensor(idx).reshape(-1))[0]
 
 
 # ---- text ----------------------------------------------------------------------------------------------------------
@@ -211,7 +266,7 @@ class TextSource:
                               f"has {vocab_size} tokens; pass the vocab_size the ids come from")
         if n < 2 * need:
             raise ConfigError(f"{name} holds {n} tokens; training and validation windows of seq_len {seq_len} need at "
-                              f"least {2 * need}: add text or lower --seq-len")
+                              f"least {2 * need}: add text or lower {option('seq_len')}")
         split = min(int(n * (1 - TEXT_VAL_FRACTION)), n - need)
         self.name, self.vocab_size, self.tokenizer = name, int(vocab_size), tokenizer
         self.train, self.val = tokens[:split], tokens[split:]
@@ -238,22 +293,19 @@ def open_dataset(spec: str | None, task: str, *, data_dir: str | None = None, im
                           "train.meta_train(dataset, out, resume=...)")
     if kind == "fashion-mnist":
         if image_size:
-            raise ConfigError("--image-size does not apply to fashion-mnist (28x28); use torchvision:FashionMNIST:ROOT "
-                              "to resize it")
+            raise ConfigError(f"{option('image_size')} does not apply to fashion-mnist (28x28); use "
+                              "torchvision:FashionMNIST:ROOT to resize it")
         return ImageSource.fashion_mnist(arg or data_dir)
     if kind == "imagefolder":
-        from .images import image_folder
         train, test, classes, note = image_folder(arg, image_size)
         return ImageSource(spec, train, test, classes, test_note=note)
     if kind == "torchvision":
-        from .images import torchvision_dataset
         name, root = arg.split(":", 1)
         train, test, classes, note = torchvision_dataset(name, root, image_size)
         mean, std = KNOWN_STATS.get(name.lower(), (None, None))
         return ImageSource(spec, train, test, classes, mean=mean, std=std, test_note=note)
     from .text import BYTE_VOCAB, encode, load_tokenizer, read_corpus
     if kind == "fortunes":
-        from .data import fortunes_bytes
         data = fortunes_bytes(arg or data_dir).to(torch.uint8).numpy().tobytes()
     else:
         data = read_corpus(arg)

@@ -16,6 +16,8 @@ import torch.distributed as dist
 
 from ghn.errors import ConfigError
 
+from .options import option
+
 __all__ = ["DistInfo", "init_distributed", "shutdown", "all_gather_objects", "all_reduce_sum", "resolve_device"]
 
 
@@ -47,7 +49,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         raise ConfigError(f"device {name!r} is not a torch device ({e}); use cpu, cuda, cuda:1 or auto") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("device cuda requested but CUDA is not available; use --device cpu")
+            raise ConfigError(f"device cuda requested but CUDA is not available; use {option('device', 'cpu')}")
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device

@@ -2,12 +2,12 @@
 
 Image protocol: initialise the model (``ghn.predict`` or its own default init), then, if it has BatchNorm, reset the
 running statistics and recompute them from 20 training batches of 128 images in train mode (cumulative average,
-``momentum=None``), switch to eval mode and measure top-1 accuracy on the test images (Fashion-MNIST's 10,000 by
-default, or any ``--dataset``'s test or held-out split; all of them unless a prefix is asked for). No other
-training. The BatchNorm batches are the same for every initialisation.
+``momentum=None``), switch to eval mode and measure top-1 accuracy on the test images (those of the data the GHN
+was trained on by default, e.g. Fashion-MNIST's 10,000, or any ``--dataset``'s test or held-out split; all of them
+unless a prefix is asked for). No other training. The BatchNorm batches are the same for every initialisation.
 
-LM protocol: next-token cross-entropy (nats) on fixed windows of the validation split (the fortunes bytes by
-default), in eval mode.
+LM protocol: next-token cross-entropy (nats) on fixed windows of the validation split (of the GHN's own corpus by
+default, e.g. the fortunes bytes), in eval mode.
 
 Command line: compares predicted vs default init on held-out archs of model_zoo (see ``EXAMPLES``), writes JSON.
 """
@@ -20,7 +20,6 @@ import shlex
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -29,17 +28,18 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from ghn import GHN
+from ghn import GHN, GHNConfig
 from ghn.errors import ConfigError, GHNError
 from ghn.prediction import recalibrate_bn
 
+from .checkpoint import ghn_location
 from .config import TrainConfig, family_task, load_yaml
-from .data import fashion_mnist, normalize, stream_seed
-from .datasets import DATASET_TASKS, ImageSource, open_source, parse_dataset
+from .data import stream_seed
+from .datasets import DATASET_TASKS, ImageEvalData, ImageSource, TextSource, open_source, parse_dataset
 from .tasks import logits_of, zoo_constraints
 
 __all__ = ["ImageEvalData", "bn_batches", "accuracy", "zero_shot_accuracy", "lm_loss", "evaluate_archs",
-           "eval_specs", "summarize", "format_summary", "main"]
+           "eval_specs", "summarize", "format_summary", "recorded_data", "check_data", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,57 +50,18 @@ EXAMPLES = """Examples:
     # other families or sizes
     python -m train.evaluate --ghn checkpoints/ghn-fmnist --families cnn --max-params 200000 --archs 8
     # a GHN you trained (python -m train --config train/configs/tiny_cpu.yaml --out runs/tiny): a run directory
-    # means its latest checkpoint; --dataset evaluates on your own data's test (or held-out) split
+    # means its latest checkpoint, evaluated on the test (or held-out) split of the data it was trained on
     python -m train.evaluate --ghn runs/tiny --config train/configs/tiny_cpu.yaml --archs 4
-    python -m train.evaluate --ghn runs/tiny --dataset imagefolder:DIR --image-size 32
+    # one trained with --dataset imagefolder:DIR --image-size 32 is evaluated on DIR's held-out images; --dataset
+    # picks other data of the same shape and classes, e.g. a second folder of photos
+    python -m train.evaluate --ghn runs/photos --config train/configs/tiny_cpu.yaml --archs 4
+    python -m train.evaluate --ghn runs/photos --dataset imagefolder:OTHER_DIR --image-size 32
 """
 
 BN_BATCHES, BN_BATCH_SIZE = 20, 128  # BatchNorm recalibration protocol
 #: what the ``ghn`` / ``default`` columns hold, per task
 METRICS = {"image": "zero-shot test accuracy (%, higher is better)",
            "lm": "zero-shot validation loss (nats/token, lower is better)"}
-
-
-@dataclass
-class ImageEvalData:
-    """Normalised Fashion-MNIST tensors for evaluation.
-
-    Shapes:
-        train_x: (60000, 1, 28, 28) float (only the BatchNorm batches are read); test_x: (N, 1, 28, 28) float;
-        test_y: (N,) int64.
-    """
-
-    train_x: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-
-    @classmethod
-    def load(cls, data_dir: str | None = None, test_images: int | None = None) -> ImageEvalData:
-        """All Fashion-MNIST training images and the first ``test_images`` test images (None: all 10,000)."""
-        train_x, _ = fashion_mnist("train", data_dir)
-        test_x, test_y = fashion_mnist("test", data_dir, limit=test_images)
-        return cls(normalize(train_x), normalize(test_x), test_y)
-
-    @classmethod
-    def from_source(cls, source: ImageSource, test_images: int | None = None) -> ImageEvalData:
-        """Any image dataset: its first ``test_images`` test images (None: all), and its training images as a lazy
-        view (only the BatchNorm batches are ever read, so big image folders are not decoded in full)."""
-        n = len(source.test) if test_images is None else min(test_images, len(source.test))
-        test_x, test_y = source.load("test", torch.arange(n))
-        return cls(_TrainView(source), test_x, test_y)
-
-
-class _TrainView:
-    """``view[idx]`` → normalised training images ``(B, C, H, W)`` of an :class:`ImageSource`, loaded on demand."""
-
-    def __init__(self, source: ImageSource):
-        self.source = source
-
-    def __len__(self) -> int:
-        return len(self.source.train)
-
-    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.source.load("train", torch.as_tensor(idx).reshape(-1))[0]
 
 
 def bn_batches(train_x: torch.Tensor, n: int = BN_BATCHES, batch_size: int = BN_BATCH_SIZE,
@@ -231,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=10_000, help="test images (a prefix of the test set)")
     p.add_argument("--seed", type=int, default=0, help="selects the held-out archs and the BatchNorm batches")
     p.add_argument("--dataset", default=None, help="the data, as for python -m train (overrides --config; default: "
-                   "fashion-mnist, or fortunes for LM families)")
+                   "the data the GHN was trained on, as its config.json records it, else fashion-mnist, or fortunes "
+                   "for LM families); data of another shape, class count or vocabulary is refused")
     p.add_argument("--image-size", type=int, default=None, help="resize images to SIZExSIZE (as in training)")
     p.add_argument("--tokenizer", default=None, help="lm: the tokenizer directory the GHN was trained with")
     p.add_argument("--data-dir", default=None)
@@ -239,9 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        cfg = _zoo_config(args)
-        ghn = GHN.from_pretrained(_ghn_dir(args.ghn))
+        _zoo_config(args)  # the flags and the config are checked before the GHN is loaded
+        ghn = GHN.from_pretrained(ghn_location(args.ghn))
+        cfg = _zoo_config(args, ghn.config)
         source = open_source(cfg)
+        check_data(ghn.config, source, args.ghn)
         constraints = zoo_constraints(cfg, source)
         specs = eval_specs(args.archs, tuple(cfg.families), constraints, seed=args.seed)
         t0 = time.time()
@@ -274,15 +238,57 @@ def format_summary(summary: dict[str, Any], task: str) -> str:
     return "\n".join(lines)
 
 
-def _ghn_dir(name: str) -> str:
-    """A training run directory (with ``latest.json``) means its newest checkpoint; other names are for
-    ``GHN.from_pretrained`` (a GHN directory, a shipped predictor, a Hub repo id)."""
-    from .checkpoint import LATEST, find_checkpoint
-    return str(find_checkpoint(name)) if (Path(name) / LATEST).is_file() else name
+def recorded_data(c: GHNConfig, name: str) -> dict[str, Any]:
+    """The data keys (``dataset``, ``image_size``, ``tokenizer``) of the data a GHN was trained on, as its
+    config.json records them; empty when it records none (an untrained GHN, or one older than that record).
+
+    Raises:
+        ConfigError: the GHN was trained on a Python dataset (``train.meta_train``), which cannot be reopened here.
+    """
+    spec = c.notes.get("dataset")
+    if not spec:
+        return {}
+    kind, _ = parse_dataset(spec)
+    if kind == "python":
+        raise ConfigError(f"{name} was trained on a Python dataset ({spec}), which train.evaluate cannot open; pass "
+                          "--dataset with a spec of the same data (e.g. imagefolder:DIR)")
+    d: dict[str, Any] = {"dataset": spec}
+    shape = c.input_shape or []
+    if kind in ("imagefolder", "torchvision") and len(shape) == 3 and shape[1] == shape[2]:
+        d["image_size"] = shape[2]  # the size it trained at (images already that size are not resized)
+    if c.task == "lm" and c.notes.get("tokenizer"):
+        d["tokenizer"] = c.notes["tokenizer"]
+    return d
 
 
-def _zoo_config(args: argparse.Namespace) -> TrainConfig:
-    """The arch distribution to evaluate on: a training config's, with the command line's overrides."""
+def check_data(c: GHNConfig, source: ImageSource | TextSource, name: str) -> None:
+    """Refuse to evaluate a GHN on data other than the kind it was trained on (task, input shape and classes, or
+    vocabulary): the held-out archs are sampled for the data, so the numbers would say nothing about the GHN.
+
+    Raises:
+        ConfigError: naming both the GHN's data and the evaluation data, and how to evaluate on the GHN's own.
+    """
+    if c.task is None:  # an untrained GHN, or one that records no data: any data goes
+        return
+    mine = _data_kind(c.task, c.input_shape, c.num_classes, c.vocab_size)
+    theirs = (_data_kind("image", source.input_shape, source.num_classes, None) if source.task == "image" else
+              _data_kind("lm", None, None, source.vocab_size))
+    if mine != theirs:
+        raise ConfigError(f"{name} was trained on {c.notes.get('dataset') or 'other data'} ({mine}) but the evaluation "
+                          f"data is {source.name} ({theirs}); omit --dataset (and any dataset key of --config) to "
+                          "evaluate on the GHN's own data, or pass data of its kind")
+
+
+def _data_kind(task: str, input_shape, num_classes: int | None, vocab_size: int | None) -> str:
+    """What must agree between a GHN's training data and its evaluation data, in words."""
+    if task == "lm":
+        return f"language modelling over {vocab_size} tokens"
+    return f"{'x'.join(map(str, input_shape or []))} images, {num_classes} classes"
+
+
+def _zoo_config(args: argparse.Namespace, trained: GHNConfig | None = None) -> TrainConfig:
+    """The arch distribution to evaluate on: a training config's, with the command line's overrides; the data is
+    ``--dataset``, else the config's, else the data the GHN ``trained`` records (:func:`recorded_data`)."""
     d = load_yaml(args.config) if args.config else {}
     if args.families is not None:
         d["families"] = args.families
@@ -291,7 +297,12 @@ def _zoo_config(args: argparse.Namespace) -> TrainConfig:
     for key in ("dataset", "image_size", "tokenizer", "data_dir"):
         if getattr(args, key) is not None:
             d[key] = getattr(args, key)
-    data_task = DATASET_TASKS[parse_dataset(args.dataset)[0]] if args.dataset else None
+    if "dataset" not in d and trained is not None:
+        families = d.get("families")
+        task = d.get("task") or (family_task(families[0]) if isinstance(families, list) and families else None)
+        if task in (None, trained.task):  # archs of another task: check_data names the mismatch
+            d = {**recorded_data(trained, args.ghn), **d}
+    data_task = DATASET_TASKS[parse_dataset(d["dataset"])[0]] if d.get("dataset") else None
     if data_task and args.families is None and d.get("task", "image") != data_task:
         # e.g. --dataset text:FILE alone: evaluate the LM families on it
         d["task"], d["families"] = data_task, ["gpt", "llama"] if data_task == "lm" else ["cnn", "vit", "mlp"]

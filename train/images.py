@@ -25,8 +25,10 @@ from torch.utils.data import Dataset
 
 from ghn.errors import ConfigError
 
+from .options import option
+
 __all__ = ["IMAGE_EXTENSIONS", "HOLDOUT", "ImageFiles", "PILImages", "image_folder", "torchvision_dataset",
-           "holdout_split", "to_uint8"]
+           "holdout_split", "to_uint8", "resize_fix"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,15 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 HOLDOUT = 0.1  # fraction of each class held out for testing when a dataset has no test split
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 _LAYOUT = "one subfolder of images per class (DIR/cat/1.png, DIR/dog/2.png, ...)"
+
+
+def resize_fix(side: int, resizable: bool = True) -> str:
+    """What to do about images of different sizes: resize them all to ``side x side``, with ``image_size`` (spelled as
+    the caller spells it, :func:`train.options.option`) for a dataset spec, or in the dataset itself for a Python
+    dataset (``resizable=False``: train reads its items as they are)."""
+    if resizable:
+        return f"pass {option('image_size', side)} to resize them all to {side}x{side}"
+    return f"resize them in the dataset itself, e.g. with a torchvision.transforms.Resize(({side}, {side})) transform"
 
 
 def to_uint8(img, mode: str, size: int | None) -> torch.Tensor:
@@ -150,8 +161,9 @@ def _inspect_files(items: list[tuple[Path, int]], root: Path, image_size: int | 
         grey = grey and mode in _GREY_MODES
     if image_size is None and len(sizes) > 1:
         common = ", ".join(f"{w}x{h}: {n} files (e.g. {example[(w, h)].name})" for (w, h), n in sizes.most_common(4))
-        raise ConfigError(f"{root} has images of {len(sizes)} different sizes ({common}); pass --image-size N to "
-                          "resize them all to NxN")
+        top = sizes.most_common(1)[0][1]
+        side = max(max(size) for size, n in sizes.items() if n == top)  # the most common size's longer side
+        raise ConfigError(f"{root} has images of {len(sizes)} different sizes ({common}); {resize_fix(side)}")
     return "L" if grey else "RGB"
 
 
@@ -188,7 +200,7 @@ def _torchvision_class(name: str) -> Any:
 
     names = {n.lower(): n for n in tvd.__all__ if n[0].isupper() and n not in ("VisionDataset", "DatasetFolder")}
     if name.lower() in ("imagefolder",):
-        raise ConfigError("for a folder of class subfolders use --dataset imagefolder:DIR")
+        raise ConfigError(f"for a folder of class subfolders use {option('dataset', 'imagefolder:DIR')}")
     if name.lower() not in names:
         close = difflib.get_close_matches(name.lower(), list(names), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(names[c] for c in close)}?" if close else ""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from ghn import GHN, GHNConfig, Graph
 from ghn.errors import ConfigError
 
 from .checkpoint import (CONFIG_YAML, Checkpoint, atomic_write_text, check_run_dir, clean_partial_saves,
-                         find_checkpoint, git_hash, load_checkpoint, load_optimizer_state, optimizer_state,
+                         ghn_location, git_hash, load_checkpoint, load_optimizer_state, optimizer_state,
                          save_checkpoint)
 from .config import TrainConfig
 from .datasets import ImageSource, TextSource
@@ -46,7 +47,7 @@ from .pool import ArchPool
 from .prefetch import Prefetcher
 from .tasks import Task, make_task, zoo_constraints
 
-__all__ = ["train", "Predictor", "lr_lambda", "ghn_config"]
+__all__ = ["train", "Predictor", "lr_lambda", "ghn_config", "arch_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,18 +73,33 @@ class Predictor(nn.Module):
 
     A module of its own so that DDP wraps the whole differentiable prediction (DDP hooks need ``forward``).
 
+    Args:
+        every_parameter: make every GHN parameter part of each step's graph (for DDP, see :meth:`forward`).
+
     Shapes:
         graphs: list of B graphs → list of B dicts ``{name: fp32 tensor of the parameter's shape}``.
     """
 
-    def __init__(self, ghn: GHN, amp: bool = False):
+    def __init__(self, ghn: GHN, amp: bool = False, every_parameter: bool = False):
         super().__init__()
-        self.ghn, self.amp = ghn, amp
+        self.ghn, self.amp, self.every_parameter = ghn, amp, every_parameter
 
     def forward(self, graphs: list[Graph]) -> list[dict[str, torch.Tensor]]:
         # GHN.forward keeps its decoder in fp32 under autocast itself.
         with torch.autocast(self.ghn.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return self.ghn(graphs)
+            preds = self.ghn(graphs)
+        if self.every_parameter:
+            # A step's archs need not use every GHN parameter (no conv reading the input: that code table is idle).
+            # DDP must then either search each step's graph for unused parameters (find_unused_parameters=True, which
+            # also makes every rank print a warning whenever a step happens to use them all) or be given a graph that
+            # reaches all of them: a zero-weighted sum of them, added to one predicted tensor, does that. A parameter no
+            # arch of any rank used gets a zero gradient instead of none, so AdamW still applies its momentum and weight
+            # decay to it (one process skips it).
+            params = next((p for p in preds if p), None)
+            if params is not None:
+                name = next(iter(params))
+                params[name] = params[name] + 0.0 * sum(p.sum() for p in self.ghn.parameters())
+        return preds
 
 
 @dataclass
@@ -166,13 +182,12 @@ def _train(cfg: TrainConfig, info: DistInfo, command: str | None, data: ImageSou
     if ckpt is not None:
         start, arch_state = _restore(ckpt, ghn, opt, sched, counters, cfg, info)
     elif cfg.init_from:  # warm start: the weights only; optimizer, schedule and arch stream start afresh
-        src = Path(cfg.init_from)
-        src = src if (src / "config.json").is_file() else find_checkpoint(src)  # a run dir: its latest checkpoint
-        _load_weights(ghn, src, info.device, "set ghn_preset / ghn_overrides to the sizes of that GHN")
+        _load_weights(ghn, ghn_location(cfg.init_from), info.device,
+                      "set ghn_preset / ghn_overrides to the sizes of that GHN")
         logger.info("initialised the GHN from %s", cfg.init_from)
     ghn.train()
 
-    stream = _arch_dataset(cfg, info, arch_state, task)
+    stream = arch_dataset(cfg, info, arch_state, task)
     pool = ArchPool(stream, cfg.arch_pool, cfg.pool_refresh, cfg.meta_batch) if cfg.arch_pool else None
     archs = _arch_iterator(cfg, stream) if pool is None else None
 
@@ -183,12 +198,11 @@ def _train(cfg: TrainConfig, info: DistInfo, command: str | None, data: ImageSou
         samples = [next(archs) for _ in range(cfg.meta_batch)]
         return StepInputs(samples, x, y, samples[-1].state, step)
 
-    predictor: nn.Module = Predictor(ghn, cfg.amp)
+    predictor: nn.Module = Predictor(ghn, cfg.amp, every_parameter=info.distributed)
     if info.distributed:
         predictor = DDP(predictor, device_ids=[info.device.index] if info.device.type == "cuda" else None,
                         forward_sync_buffers=False,  # the GHN's buffers are constants (index codes, role offsets)
-                        # a rank whose archs have no conv reading the input leaves that code table unused
-                        find_unused_parameters=True)
+                        find_unused_parameters=False)  # Predictor(every_parameter=True) reaches all of them
 
     last: dict[str, float] = {}
     busy, n_window = 0.0, 0  # seconds spent in steps (data wait included; checkpoints and evaluation not)
@@ -294,9 +308,12 @@ def _step(predictor: nn.Module, ghn: GHN, task: Task, inp: StepInputs, opt: torc
     return {"loss": mean[0], "task_loss": mean[1], "reg": mean[2], "grad_norm": grad_norm, **extra}
 
 
-def _arch_dataset(cfg: TrainConfig, info: DistInfo, state: list[dict] | None, task: Task):
-    """This rank's stream of training archs (a ``model_zoo.ArchDataset``), positioned where the checkpoint left
-    it."""
+def arch_dataset(cfg: TrainConfig, info: DistInfo, state: list[dict] | None, task: Task):
+    """This rank's stream of training archs (a ``model_zoo.ArchDataset`` of ``cfg``'s families, split "train", fit to
+    ``task``'s data), positioned where the checkpoint's arch-stream ``state`` left it (None: at the start).
+
+    Also what ``benchmarks.train_step`` times: the very stream a run samples from.
+    """
     from model_zoo import ArchDataset
 
     ds = ArchDataset(families=tuple(cfg.families), split="train", seed=cfg.seed,
@@ -337,9 +354,19 @@ def _save(out: Path, step: int, ghn: GHN, opt, sched, counters: Counters, cfg: T
     ghn.config.notes = {**ghn.config.notes, **_notes(cfg, step, command)}  # keeps the data notes
     state = {"world_size": info.world_size, "optimizer": opt_meta, "scheduler": sched.state_dict(),
              "arch_stream": [g["arch"] for g in gathered], "skipped": counters.skipped, "archs": counters.archs,
-             "git": git_hash(), "command": command}
+             "git": git_hash(), "command": command, "machine": _machine(info)}
     path = save_checkpoint(out, step, ghn, state, tensors, cfg.to_yaml(), keep=cfg.keep_checkpoints)
     logger.info("checkpoint %s", path)
+
+
+def _machine(info: DistInfo) -> str:
+    """What the run computes on, for its model card's wall time: "a 2-core CPU", "2 processes on NVIDIA H200"."""
+    if info.device.type == "cuda":
+        where = torch.cuda.get_device_name(info.device)
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        where = f"a {cores}-core CPU"
+    return where if info.world_size == 1 else f"{info.world_size} processes on {where}"
 
 
 def _load_weights(ghn: GHN, path: str | Path, device: torch.device, fix: str) -> None:
@@ -347,7 +374,8 @@ def _load_weights(ghn: GHN, path: str | Path, device: torch.device, fix: str) ->
     saved = GHN.from_pretrained(path, device=device)  # strict; raises CheckpointError
     # metadata and prediction rules, not weight shapes: a v2 predictor warm-starts a v3 run
     ignore = {"trained", "notes", "num_classes", "input_shape", "task", "vocab_size", "input_mean",
-              "input_std", "branch_scale", "pooled_flatten", "decoder_version"}
+              "input_std", "branch_scale", "pooled_flatten", "centered_fan_in", "output_gain",
+              "decoder_version"}
     mine = {k: v for k, v in ghn.config.to_dict().items() if k not in ignore}
     theirs = {k: v for k, v in saved.config.to_dict().items() if k not in ignore}
     if mine != theirs:

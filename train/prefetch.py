@@ -7,6 +7,7 @@ the consumer at the step where it happened.
 """
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 from typing import Callable, Generic, TypeVar
@@ -36,7 +37,9 @@ class Prefetcher(Generic[T]):
         self._make, self._next, self._end = make, start, end
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(start,), name="train-prefetch", daemon=True)
+        # In a copy of the caller's context: what ``make`` raises is worded for the caller (train.options).
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run, start),
+                                        name="train-prefetch", daemon=True)
         self._thread.start()
 
     def _run(self, step: int) -> None:

@@ -18,8 +18,8 @@ from torch.func import functional_call
 from ghn.errors import ConfigError
 
 from .config import TrainConfig
-from .data import ImageStream, TextStream
-from .datasets import ImageSource, TextSource, open_source
+from .datasets import ImageEvalData, ImageSource, TextSource, open_source
+from .streams import ImageStream, TextStream
 
 __all__ = ["Task", "ImageTask", "LMTask", "make_task", "logits_of", "run_functional", "task_constraints",
            "zoo_constraints"]
@@ -97,7 +97,6 @@ class ImageTask(Task):
                     input_mean=s.mean, input_std=s.std)
 
     def eval_data(self, n: int) -> dict[str, Any]:
-        from .evaluate import ImageEvalData  # late: evaluate imports this module
         if n not in self._eval:  # loaded once per run (image folders decode files)
             self._eval[n] = ImageEvalData.from_source(self.source, n)
         return {"image_data": self._eval[n]}

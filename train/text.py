@@ -15,6 +15,8 @@ import torch
 
 from ghn.errors import ConfigError
 
+from .options import option
+
 __all__ = ["corpus_files", "read_corpus", "load_tokenizer", "encode", "BYTE_VOCAB"]
 
 logger = logging.getLogger(__name__)
@@ -64,18 +66,19 @@ def load_tokenizer(directory: str | Path) -> Any:
     """
     d = Path(directory).expanduser()
     if not d.is_dir():
-        raise ConfigError(f"--tokenizer {d} is not a directory; pass a directory written by "
-                          "tokenizer.save_pretrained(DIR) (or omit --tokenizer for byte-level tokens)")
+        raise ConfigError(f"{option('tokenizer', str(d))} is not a directory; pass a directory written by "
+                          f"tokenizer.save_pretrained(DIR) (or omit {option('tokenizer')} for byte-level tokens)")
     from transformers import AutoTokenizer
     try:
         tok = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
     except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError, ... for non-tokenizers
-        raise ConfigError(f"--tokenizer {d} is not a Hugging Face tokenizer directory ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}); it needs tokenizer.json (or vocab files) and "
-                          "tokenizer_config.json, as written by tokenizer.save_pretrained(DIR)") from None
+        raise ConfigError(f"{option('tokenizer', str(d))} is not a Hugging Face tokenizer directory "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); it needs tokenizer.json "
+                          "(or vocab files) and tokenizer_config.json, as written by tokenizer.save_pretrained(DIR)"
+                          ) from None
     if isinstance(tok, bool) or not hasattr(tok, "__len__") or len(tok) < 2:
-        raise ConfigError(f"--tokenizer {d} did not load as a tokenizer with a vocabulary; re-save it with "
-                          "tokenizer.save_pretrained(DIR)")
+        raise ConfigError(f"{option('tokenizer', str(d))} did not load as a tokenizer with a vocabulary; re-save "
+                          "it with tokenizer.save_pretrained(DIR)")
     return tok
 
 

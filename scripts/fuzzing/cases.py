@@ -12,15 +12,24 @@ from ghn import init_empty_weights
 from ghn.errors import GHNError, UnsupportedModuleError
 
 from .models import USER_BUILDERS as _USER
+from .models import parametrized
 
-__all__ = ["Case", "KINDS", "ZOO_FAMILIES", "USER_KINDS", "FAILURES", "make_case"]
+__all__ = ["Case", "KINDS", "ZOO_FAMILIES", "USER_KINDS", "EXPECTED_ERRORS", "FAILURES", "make_case"]
 
 ZOO_FAMILIES = ("cnn", "vit", "mlp", "gpt", "llama", "timm")
 USER_KINDS = ("mlp", "resmlp", "cnn1d", "cnn2d", "cnn3d", "convt", "rawparam", "tied", "unused", "embed_attn",
-              "skipped", "intparam", "complex", "nested", "shapes")
+              "skipped", "intparam", "complex", "nested", "shapes", "parametrized", "quantized", "scripted",
+              "dataparallel")
 KINDS = tuple(f"zoo:{f}" for f in ZOO_FAMILIES) + tuple(f"user:{k}" for k in USER_KINDS)
+#: kinds ghn refuses on purpose, with the typed error each must raise (anything else from them is a failure)
+EXPECTED_ERRORS: dict[str, type[GHNError]] = {
+    "user:complex": UnsupportedModuleError,  # a complex parameter: skip the module with register_op(..., None)
+    "user:quantized": UnsupportedModuleError,  # packed integer weights: predict the float model, then quantize
+    "user:scripted": UnsupportedModuleError,  # TorchScript: pass the original nn.Module
+    "user:dataparallel": UnsupportedModuleError,  # a wrapper: pass model.module
+}
 FAILURES = ("untyped", "unexpected_typed", "missing_error", "non_finite", "bad_shape", "bad_coverage", "bad_write",
-            "meta_differs")
+            "meta_differs", "wrong_effective")
 
 
 @dataclass
@@ -80,11 +89,15 @@ def make_case(index: int, seed: int = 0, kinds: tuple[str, ...] = KINDS) -> Case
             return Case(index, kind, model, spec.example_inputs(), meta=meta, build=build,
                         note=spec.hparams.get("name", "") or f"{family} seed {spec.seed}",
                         extra={"twin": lambda: spec.build(device="cpu")})
-        model, inputs = _USER[kind[5:]](r)
+        extra = {}
+        if kind == "user:parametrized":
+            model, inputs, extra["plain"] = parametrized(r)
+        else:
+            model, inputs = _USER[kind[5:]](r)
     dtype = torch.float32
-    expect = UnsupportedModuleError if kind == "user:complex" else None
+    expect = EXPECTED_ERRORS.get(kind)
     if expect is None and r.random() < 0.15:
         dtype = r.choice((torch.float16, torch.bfloat16, torch.float64))
         model = model.to(dtype)
         inputs = _cast_inputs(inputs, dtype)
-    return Case(index, kind, model, inputs, expect=expect, dtype=dtype)
+    return Case(index, kind, model, inputs, expect=expect, dtype=dtype, extra=extra)

@@ -2,6 +2,7 @@
 in-place write, and (meta models) equality with a CPU build."""
 from __future__ import annotations
 
+import copy
 import time
 import traceback
 import warnings
@@ -11,6 +12,7 @@ import torch.nn as nn
 
 from ghn import GHN, build_graph
 from ghn.errors import GHNError
+from ghn.parametrized import _legacy_hook, effective_value
 
 from .cases import Case
 
@@ -36,6 +38,8 @@ def run_case(ghn: GHN, case: Case, write: bool = True) -> dict:
             row.update(_check_prediction(case, pred))
         if row["status"] == "ok" and write:
             row.update(_check_meta_write(ghn, case, graph, pred) if case.meta else _check_write(ghn, case, graph, pred))
+        if row["status"] == "ok" and write and "plain" in case.extra:
+            row.update(_check_effective(ghn, case, pred))
     except GHNError as e:
         if case.expect is not None and isinstance(e, case.expect):
             row.update(status="expected_error", detail=f"{type(e).__name__}: {e}"[:300])
@@ -108,6 +112,49 @@ def _check_write(ghn: GHN, case: Case, graph, pred) -> dict:
         if bad:
             return dict(status="non_finite", detail="the model's output is not finite after predict()")
     return {}
+
+
+def _check_effective(ghn: GHN, case: Case, pred) -> dict:
+    """After predict(), each parametrized layer computes the prediction for the same architecture without
+    parametrizations: weight norm exactly, spectral norm divided by its largest singular value, any other
+    parametrization what ``module.weight = prediction`` gives (torch's own right_inverse semantics).
+
+    Skipped where a parametrization cannot be written through (no right_inverse): its layer's weight is a listed
+    gap, so the graph is not the plain architecture's. Elsewhere the graphs must bind the same tensors."""
+    if any("right_inverse" in why for why in pred.coverage.missing.values()):
+        return {}
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = ghn.predict_params(case.extra["plain"]().to(case.dtype), case.inputs)
+    if pred.graph.param_names != plain.graph.param_names:
+        return dict(status="wrong_effective", detail=f"the graph binds {pred.graph.param_names[:6]}..., the plain "
+                                                      f"architecture's {plain.graph.param_names[:6]}...")
+    exact = case.dtype in (torch.float32, torch.float64)
+    tol = dict(rtol=1e-4, atol=1e-5) if exact else dict(rtol=3e-2, atol=3e-3)
+    checked = 0
+    for name, spec in pred.graph.parametrized.items():
+        if not exact and spec.via not in ("weight_norm", "spectral_norm"):
+            continue  # torch has no fp16/bf16 CPU kernels for e.g. orthogonal's QR: the model itself cannot run
+        module = case.model.get_submodule(spec.module)
+        got = effective_value(case.model, spec.module, spec.attr).float()
+        want = plain[name]
+        if spec.via == "spectral_norm":
+            hook = _legacy_hook(module)
+            dim = (hook if hook is not None else module.parametrizations[spec.attr][0]).dim
+            want = want / torch.linalg.matrix_norm(want.movedim(dim, 0).flatten(1), ord=2)
+        elif spec.via != "weight_norm":
+            twin = copy.deepcopy(module)
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                setattr(twin, spec.attr, want.to(got.device, getattr(twin, spec.attr).dtype))
+            want = effective_value(twin, "", spec.attr).float()
+        if got.shape != want.shape or not torch.allclose(got, want, **tol):
+            diff = (got - want).abs().max().item() if got.shape == want.shape else "shape"
+            return dict(status="wrong_effective", detail=f"{name} ({spec.via}): the module computes a weight "
+                                                         f"that differs from the plain layer's prediction (max "
+                                                         f"|diff| {diff})")
+        checked += 1
+    return dict(effective=checked)
 
 
 def _check_meta_write(ghn: GHN, case: Case, graph, pred) -> dict:

@@ -1,16 +1,20 @@
 """User-style modules for the fuzz: each ``_<kind>(r)`` builds a random module and its inputs from ``random.Random``
-``r`` (odd widths, 1-D/2-D/3-D convs, raw parameters, tied and unused weights, skipped and complex modules, ...)."""
+``r`` (odd widths, 1-D/2-D/3-D convs, raw parameters, tied and unused weights, skipped and complex modules,
+parametrized layers, quantized / TorchScript / DataParallel models, ...)."""
 from __future__ import annotations
 
 import random
+import warnings
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.utils.parametrize as parametrize
+from torch.nn.utils import parametrizations as P
 
 from ghn import register_op
 
-__all__ = ["USER_BUILDERS"]
+__all__ = ["USER_BUILDERS", "PARAMETRIZATIONS", "parametrized"]
 
 
 # ---- user-style modules -------------------------------------------------------------------------------------------
@@ -322,10 +326,93 @@ def _shapes(r: random.Random):
     return m, torch.randn(2, m.d)
 
 
+# ---- parametrized, quantized, scripted and wrapped models ------------------------------------------------------------
+class _Scaled(nn.Module):
+    """A parametrization with a parameter of its own and a right_inverse: weight = scale · original."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, w):
+        return self.scale * w
+
+    def right_inverse(self, w):
+        return w / self.scale
+
+
+class _Doubled(nn.Module):
+    """A parametrization without right_inverse: a predicted weight cannot be written through it (a coverage gap)."""
+
+    def forward(self, w):
+        return 2 * w
+
+
+def _legacy(fn: Callable, module: nn.Module, **kwargs) -> nn.Module:
+    with warnings.catch_warnings():  # torch.nn.utils.weight_norm is deprecated (it still works, and users have it)
+        warnings.simplefilter("ignore")
+        return fn(module, **kwargs)
+
+
+PARAMETRIZATIONS: dict[str, Callable[[random.Random, nn.Module], nn.Module]] = {
+    "weight_norm": lambda r, m: P.weight_norm(m, dim=r.choice((0, None))),
+    "spectral_norm": lambda r, m: P.spectral_norm(m),
+    "legacy_weight_norm": lambda r, m: _legacy(nn.utils.weight_norm, m, dim=r.choice((0, None))),
+    "legacy_spectral_norm": lambda r, m: _legacy(nn.utils.spectral_norm, m),
+    "orthogonal": lambda r, m: P.orthogonal(m) if isinstance(m, nn.Linear) else P.weight_norm(m),
+    "scaled": lambda r, m: parametrize.register_parametrization(m, "weight", _Scaled()),
+    "no_right_inverse": lambda r, m: parametrize.register_parametrization(m, "weight", _Doubled()),
+}
+
+
+def parametrized(r: random.Random) -> tuple[nn.Module, Any, Callable[[], nn.Module]]:
+    """A random MLP or CNN with weight norm, spectral norm (both APIs), orthogonal or other parametrizations on some
+    of its layers; its inputs; and a builder of the same architecture without them (whose prediction the
+    parametrized layers' effective weights must reproduce)."""
+    state = r.getstate()
+
+    def plain(rr: random.Random) -> tuple[nn.Module, Any]:
+        return USER_BUILDERS[rr.choice(("mlp", "cnn1d", "cnn2d", "convt"))](rr)
+
+    model, inputs = plain(r)
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)]
+    for m in r.sample(layers, r.randint(1, len(layers))):
+        # a layer that cannot be written through (no right_inverse) changes the graph: rarer, so that most models
+        # can be compared with their plain architecture's prediction
+        weights = [1 if k == "no_right_inverse" else 3 for k in PARAMETRIZATIONS]
+        PARAMETRIZATIONS[r.choices(list(PARAMETRIZATIONS), weights)[0]](r, m)
+
+    def twin() -> nn.Module:
+        rr = random.Random()
+        rr.setstate(state)
+        return plain(rr)[0]
+    return model, inputs, twin
+
+
+def _quantized(r: random.Random):
+    model, x = _mlp(r)
+    with warnings.catch_warnings():  # quantized tensors are deprecated (UserWarning) but still what users have
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model.eval(), {nn.Linear}, dtype=torch.qint8), x
+
+
+def _scripted(r: random.Random):
+    model, x = (_mlp if r.random() < 0.5 else lambda r: _cnn(r, 2))(r)
+    with warnings.catch_warnings():  # torch.jit is deprecated (FutureWarning) but still what users have
+        warnings.simplefilter("ignore")
+        return (torch.jit.script(model) if r.random() < 0.5 else torch.jit.trace(model.eval(), x)), x
+
+
+def _data_parallel(r: random.Random):
+    model, x = _mlp(r)
+    return nn.DataParallel(model), x
+
+
 USER_BUILDERS: dict[str, Callable[[random.Random], tuple[nn.Module, Any]]] = {
     "mlp": _mlp, "resmlp": _resmlp, "cnn1d": lambda r: _cnn(r, 1), "cnn2d": lambda r: _cnn(r, 2),
     "cnn3d": lambda r: _cnn(r, 3), "convt": lambda r: _cnn(r, r.randint(1, 3), transpose=True),
     "rawparam": _rawparam, "tied": _tied, "unused": _unused, "embed_attn": _embed_attn, "skipped": _skipped,
     "intparam": _intparam, "complex": _complex, "nested": _nested, "shapes": _shapes,
+    "quantized": _quantized, "scripted": _scripted, "dataparallel": _data_parallel,
 }
 
