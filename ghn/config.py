@@ -11,10 +11,9 @@ from .errors import ConfigError
 __all__ = ["GHNConfig", "PRESETS", "DECODER_VERSION"]
 
 # 1: fixed index codes only (checkpoints up to Dec 2026); 2: learned codes on the data-facing axes.
-DECODER_VERSION = 4
+DECODER_VERSION = 3
 # What a version-1 config means in today's fields: loading one gives exactly the decoder that wrote it.
 _V1_DECODER = dict(data_codes=[0, 0, 0], code_gain=1.0)
-_V3_DECODER = dict(centered_fan_in=False, output_gain=1.0)  # what v1-v3 decoders did where v4 differs
 
 
 @dataclass
@@ -47,16 +46,13 @@ class GHNConfig:
     # channels' codes and spread over the positions: global average pooling, then a linear (v1/v2: False, they
     # gave every column its own code, which breaks the channel correspondence with the conv that produced it)
     pooled_flatten: bool = True
-    # Decoder v4: the rows of a hidden layer's weight sum to zero over its (hidden) input channels, as default
-    # inits do in expectation. Without it the shared decoder can shift every predicted weight by one common offset,
-    # which meets non-negative activations (ReLU/GELU, max pooling) as a large negative bias and kills whole layers
-    # for good (a GHN meta-trained on one DARTS cell with GroupNorm stuck at chance: ledger E20). v1-v3: False.
-    centered_fan_in: bool = True
-    # Decoder v4: the layers writing the model's output (classifier, LM head) start at this fraction of their
-    # fan-in-scaled size (learned gains move it). At full He scale the first predictions have losses of 5-14 nats
-    # whose gradients teach the shared decoder to silence hidden layers (ledger E20); default inits start near
-    # ln(classes). v1-v3: 1.0.
-    output_gain: float = 0.1
+    # Options measured in the fit benchmark (ledger E21), off by default: they change predictions, so a checkpoint
+    # records them. centered_fan_in: the rows of a hidden layer's weight sum to zero over its hidden input channels
+    # (no common offset of all predicted weights, which can silence ReLU/GELU layers for good: a GHN meta-trained on
+    # one DARTS cell stuck at chance without it). output_gain: the layers writing the model's output start at this
+    # fraction of their fan-in-scaled size (full size gives first losses of 5-14 nats).
+    centered_fan_in: bool = False
+    output_gain: float = 1.0
     # Metadata about what the GHN was trained for (written to config.json; used by predict() defaults).
     num_classes: int | None = None  # classifier width seen in training (None: unknown / untrained)
     input_shape: list[int] | None = None  # one input: [C, H, W] for images ([1, 28, 28]: Fashion-MNIST), [T] for LMs
@@ -167,11 +163,9 @@ class GHNConfig:
             raise ConfigError(f"decoder_version {version!r} is not one this ghn knows (1..{DECODER_VERSION}); the "
                               "checkpoint was written by a newer ghn: upgrade the package to load it")
         if version == 1:
-            return {**d, **_V1_DECODER, **_V3_DECODER, "pooled_flatten": False, "decoder_version": 1}
+            return {**d, **_V1_DECODER, "pooled_flatten": False, "decoder_version": 1}
         if version == 2:
-            return {"pooled_flatten": False, **_V3_DECODER, **d}
-        if version == 3:
-            return {**_V3_DECODER, **d}
+            return {"pooled_flatten": False, **d}
         return dict(d)
 
     def to_dict(self) -> dict[str, Any]:

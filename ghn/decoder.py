@@ -28,13 +28,12 @@ predicted on the codes of the map's channels and spread evenly over their positi
 pooling, then a linear. v1/v2 gave each of the ``C·H·W`` columns its own code, unrelated to the channel codes of
 the conv before it, and such layers came out near zero (ledger E17).
 
-Decoder v4 (``centered_fan_in``): a weight whose columns are hidden channels (not data-facing, more than one) is
-predicted on column codes centred over its own columns, so each row sums to zero over its input channels (at every
-kernel position), as default inits do in expectation. Without it, one shared shift of all predicted weights — a
-direction every tensor's gradient agrees on early in meta-training — meets non-negative activations (after
-ReLU/GELU, max pooling) as a large negative bias and silences whole layers for good (ledger E20). And the layers
-writing the output (classes, vocabulary) start at ``output_gain`` (0.1) of their fan-in-scaled size: at full size
-the first predictions have losses of 5-14 nats, and the decoder's fastest way down is to silence hidden layers.
+Two options (``GHNConfig.centered_fan_in``, ``output_gain``; off by default, ledger E21): a weight whose columns
+are hidden channels (not data-facing, more than one) predicted on column codes centred over its own columns, so each
+row sums to zero over its input channels at every kernel position, as default inits do in expectation — without
+it, one shared shift of all predicted weights meets non-negative activations (after ReLU/GELU, max pooling) as a
+large negative bias and can silence whole layers for good; and the layers writing the output (classes,
+vocabulary) started at ``output_gain`` of their fan-in-scaled size.
 """
 from __future__ import annotations
 
@@ -333,8 +332,8 @@ class LowRankDecoder(nn.Module):
 
         Without a kernel the GEMM is done in the parameter's own layout (``(C, R)`` for ``weight_t``), into ``out``
         when given: the result is then written where the parameter lives, with no temporary or strided copy.
-        ``center``: column codes centred over the tensor's own input channels (decoder v4; rows then sum to zero
-        over them). A depthwise kernel (one column) is left as is: centring would zero it.
+        ``center``: column codes centred over the tensor's own input channels (``centered_fan_in``; rows then sum
+        to zero over them). A depthwise kernel (one column) is left as is: centring would zero it.
 
         Shapes: u (ka, p, r), v (kb, r, p), row_codes (≥ R, p), col_codes (≥ C, p).
         """

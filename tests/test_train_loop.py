@@ -262,7 +262,7 @@ def test_release_writes_hub_layout_with_a_model_card(reference, tmp_path):
     assert release_main([str(out), "--to", str(tmp_path / "ghn-y"), "--branch-scale", "0.1",
                          "--quality", str(tmp_path / "q.md")]) == 0
     released = GHN.from_pretrained(tmp_path / "ghn-y")
-    assert released.config.branch_scale == 0.1 and released.config.decoder_version == 4
+    assert released.config.branch_scale == 0.1 and released.config.decoder_version == 3
     card = (tmp_path / "ghn-y" / "README.md").read_text()
     assert "by 0.1" in card and "ghn_raw" in card and "### Goals" in card and "- real set: MISSED" in card
 
