@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -18,7 +19,8 @@ from torch import nn
 from ghn import GHN, GHNConfig
 
 __all__ = ["RESULTS_DIR", "DEFAULT_GHN", "Arch", "add_common_args", "setup", "load_ghn", "ghn_label", "seeded",
-           "as_matrix", "effective_rank", "sync", "timed", "median_time", "env_info", "write_results", "md_table", "fmt"]
+           "as_matrix", "effective_rank", "sync", "timed", "median_time", "env_info", "write_results", "md_table",
+           "fmt", "mean_over_orders", "orders_note"]
 
 RESULTS_DIR = Path(__file__).parent / "results"
 DEFAULT_GHN = "checkpoints/ghn-fmnist"
@@ -88,6 +90,47 @@ def seeded(make: Callable[[], Any], seed: int) -> Callable[[], Any]:
             torch.manual_seed(seed)
             return make()
     return build
+
+
+def mean_over_orders(finetune: Callable[[nn.Module, int], dict], model: nn.Module, seed: int, n: int = 1) -> dict:
+    """Fine-tune ``model`` with ``n`` data orders and average them: the one place a quality cell's orders are run.
+
+    ``finetune(model, order_seed)`` trains in place and returns curves ``{name: {step: value}}`` and flags (bools).
+    The order seeds are ``seed, seed + 1, …, seed + n - 1``; each order starts from ``model`` as given (the first
+    trains ``model`` itself, the others a copy), so ``n=1`` is exactly one ``finetune(model, seed)``, and the global
+    RNG is left as that one call leaves it (what is initialised next is the same for any ``n``).
+
+    Returns:
+        ``finetune``'s result when ``n == 1``; else each curve's mean over orders per step, each flag true if it was
+        in any order (``diverged``), and ``orders``: ``{"seeds": [...], name: {step: [one value per order]},
+        f"{name}_std": {step: std}}``.
+    """
+    if n == 1:
+        return finetune(model, seed)
+    seeds = list(range(seed, seed + n))
+    start = copy.deepcopy(model)
+    runs = [finetune(model, seed)]
+    with torch.random.fork_rng():  # the further orders leave the global RNG as one order does (LSUV draws from it)
+        runs += [finetune(copy.deepcopy(start), s) for s in seeds[1:]]
+    out: dict = {}
+    orders: dict = {"seeds": seeds}
+    for key, first in runs[0].items():
+        if not isinstance(first, dict):
+            out[key] = any(r[key] for r in runs)
+            continue
+        orders[key] = {st: [r[key][st] for r in runs] for st in first}
+        orders[f"{key}_std"] = {st: statistics.stdev(v) for st, v in orders[key].items()}
+        out[key] = {st: statistics.fmean(v) for st, v in orders[key].items()}
+    return {**out, "orders": orders}
+
+
+def orders_note(protocol: dict) -> str:
+    """The report's sentence on how many data orders each fine-tuned number is a mean of."""
+    n, seed = protocol.get("data_orders", 1), protocol.get("seed", 0)
+    if n == 1:
+        return f"Fine-tuned numbers come from one data order (seed {seed}; `--seeds N` reports the mean of N)."
+    return (f"Fine-tuned numbers are the **mean of {n} data orders** (seeds {seed}–{seed + n - 1}, the same for "
+            "every init; each order's value and the std are in the JSON); zero-shot numbers are measured once.")
 
 
 def as_matrix(w: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,9 @@
 Protocol (issue 12): initialise (``ghn.predict``, or the model's own constructor init, seeded), measure the
 validation loss (nats/byte, ``train.evaluate.lm_loss``: 64 fixed windows of the validation tail meta-training
 never reads) zero-shot, then fine-tune with AdamW (lr 1e-3, batch 16 windows x 64 bytes, the same windows and
-seed for every init) and measure it again after 25, 100 and 500 steps. Perplexity = exp(loss).
+seed for every init) and measure it again after 25, 100 and 500 steps. Perplexity = exp(loss). With ``--seeds N``
+each fine-tuned loss is the mean over N orders of training windows (seeds ``seed … seed + N - 1``,
+:func:`benchmarks.common.mean_over_orders`); the validation windows and the zero-shot loss depend on ``seed`` only.
 
 Two sets, none of whose archs any training run saw by name:
 
@@ -36,7 +38,7 @@ from train.data import VAL_FRACTION, fortunes_bytes, stream_seed
 from train.evaluate import lm_loss
 from train.tasks import logits_of
 
-from .common import Arch, md_table, seeded
+from .common import Arch, md_table, mean_over_orders, orders_note, seeded
 
 __all__ = ["TorchTransformerLM", "zoo_lms", "real_lms", "evaluate_lm_arch", "run", "summarize",
            "to_markdown", "plot", "LR", "BATCH", "SEQ_LEN", "PPL_GAIN", "FRACTION"]
@@ -113,13 +115,25 @@ def zoo_lms(n: int = 21, seed: int = 0) -> list[Arch]:
 
 
 def evaluate_lm_arch(model: nn.Module, train: torch.Tensor, val: torch.Tensor, seq_len: int,
-                     eval_steps: tuple[int, ...], seed: int = 0, lr: float = LR, batch: int = BATCH) -> dict:
+                     eval_steps: tuple[int, ...], seed: int = 0, lr: float = LR, batch: int = BATCH,
+                     orders: int = 1) -> dict:
     """Validation loss (``train.evaluate.lm_loss``) at step 0 and after AdamW steps on random training windows
-    (the same windows for every init). Returns ``{"val_loss": {step: nats}, "diverged": bool}``."""
-    g = torch.Generator().manual_seed(stream_seed("finetune-lm", seed))
-    loss = {0: lm_loss(model, val, seq_len, seed=seed)}
+    (the same windows for every init), averaged over ``orders`` window orders (:func:`mean_over_orders`). Returns
+    ``{"val_loss": {step: nats}, "diverged": bool}``, plus ``orders`` (every order's values) when ``orders > 1``."""
+    zero = lm_loss(model, val, seq_len, seed=seed)
+    out = mean_over_orders(lambda m, s: finetune_lm(m, train, val, seq_len, eval_steps, seed, s, lr, batch), model,
+                           seed, orders)
+    return {**out, "val_loss": {0: zero, **out["val_loss"]}}
+
+
+def finetune_lm(model: nn.Module, train: torch.Tensor, val: torch.Tensor, seq_len: int, eval_steps: tuple[int, ...],
+                seed: int, order: int, lr: float = LR, batch: int = BATCH) -> dict:
+    """AdamW in place on the training windows and forward-pass seed of ``order``; validation loss (windows of
+    ``seed``) at the nonzero ``eval_steps``."""
+    g = torch.Generator().manual_seed(stream_seed("finetune-lm", order))
+    loss = {}
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    torch.manual_seed(seed)
+    torch.manual_seed(order)
     diverged = False
     device = next(model.parameters()).device
     for step in range(1, max(eval_steps) + 1):
@@ -138,8 +152,10 @@ def evaluate_lm_arch(model: nn.Module, train: torch.Tensor, val: torch.Tensor, s
 
 
 def run(ghn: GHN, device: torch.device, quick: bool = False, archs: list[Arch] | None = None,
-        steps: tuple[int, ...] | None = None, seed: int = 0, fortunes_dir: Path | None = None) -> dict:
-    """Evaluate every (arch, init in ghn/default); returns the JSON-able results."""
+        steps: tuple[int, ...] | None = None, seed: int = 0, fortunes_dir: Path | None = None, orders: int = 1
+        ) -> dict:
+    """Evaluate every (arch, init in ghn/default); returns the JSON-able results. ``orders``: window orders each
+    fine-tuned loss is the mean of (recorded in the protocol when > 1)."""
     steps = steps or ((0, 25, 100) if quick else (0, 25, 100, 500))
     if archs is None:
         archs = zoo_lms(3 if quick else 21, seed) + real_lms(seed)[:2 if quick else None]
@@ -149,7 +165,8 @@ def run(ghn: GHN, device: torch.device, quick: bool = False, archs: list[Arch] |
     res: dict = {"protocol": {"steps": list(steps), "optimizer": f"AdamW lr {LR}", "batch": BATCH,
                               "seq_len": SEQ_LEN, "seed": seed, "val_windows": 64,
                               "data": f"{len(text):,} bytes of fortunes; validation = the last "
-                                      f"{100 * VAL_FRACTION:.0f} % (never read by meta-training)"},
+                                      f"{100 * VAL_FRACTION:.0f} % (never read by meta-training)",
+                              **({"data_orders": orders} if orders > 1 else {})},
                  "archs": {}}
     for arch in archs:
         row: dict = {"set": arch.set, "family": arch.family, "spec": arch.spec, "inits": {}}
@@ -162,7 +179,7 @@ def run(ghn: GHN, device: torch.device, quick: bool = False, archs: list[Arch] |
                 row["coverage"] = graph.coverage.fraction
                 ghn.predict(model, graph=graph)
             row["params"] = sum(p.numel() for p in model.parameters())
-            out = evaluate_lm_arch(model, train, val, SEQ_LEN, steps, seed)
+            out = evaluate_lm_arch(model, train, val, SEQ_LEN, steps, seed, orders=orders)
             row["inits"][name] = {**out, "seconds": time.perf_counter() - t}
             logger.info("%s %s: %s", arch.name, name, {k: round(v, 3) for k, v in out["val_loss"].items()})
             del model
@@ -208,10 +225,10 @@ def to_markdown(res: dict, label: str, env: dict) -> str:
              f"{env.get('torch_threads', '?')} threads, commit {env.get('git_commit', '?')}, {env.get('date', '')}. "
              f"Validation loss in nats/byte (lower is better), **GHN / default**: {p['data']}; "
              f"{p['val_windows']} windows of {p['seq_len']} bytes. Fine-tuning: {p['optimizer']}, batch {p['batch']} "
-             f"windows of {p['seq_len']} bytes, the same windows and seed for both inits. *ppl gain* = 1 − "
-             f"perplexity(GHN) / perplexity(default) after {early} steps. The `zoo` set is the model_zoo held-out "
-             "split under the training constraints; `real` are library configs shrunk to bytes and hand-written "
-             "LMs; no training run saw any of them by name.\n", md_table(rows)]
+             f"windows of {p['seq_len']} bytes, the same windows and seed for both inits. {orders_note(p)} *ppl "
+             f"gain* = 1 − perplexity(GHN) / perplexity(default) after {early} steps. The `zoo` set is the model_zoo "
+             "held-out split under the training constraints; `real` are library configs shrunk to bytes and "
+             "hand-written LMs; no training run saw any of them by name.\n", md_table(rows)]
     parts.append("\n## Goals (per set)\n")
     for name, v in s["sets"].items():
         m = v["mean_loss"]

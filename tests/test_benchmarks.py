@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from benchmarks import memory, quality, quality_lm, size, speed
-from benchmarks.common import md_table, write_results
+from benchmarks.common import md_table, seeded, write_results
 from ghn import GHN, GHNConfig
 from train.data import fmnist_dir
 
@@ -241,3 +241,71 @@ def test_reuse_takes_results_of_the_same_protocol_and_ghn(ghn):
         assert both["ghn_raw"]["same_as_ghn"] and both["ghn_raw"]["acc"] == both["ghn"]["acc"]  # no residual branch
         with pytest.raises(ValueError, match="protocol"):
             quality.run(ghn, torch.device("cpu"), inits=("default",), reuse=[{**first, "protocol": {}}], **kw)
+
+
+# ---- quality, several data orders (--seeds) ----------------------------------------------------------------------
+def _image_run(ghn, **kw):
+    from unittest import mock
+    arch = quality.Arch("tiny", "user", seeded(tiny_cnn, 0), "test")
+    with mock.patch.object(quality, "load_image_data", return_value=synthetic_data()):
+        return quality.run(ghn, torch.device("cpu"), inits=("ghn", "default", "lsuv"), archs=[arch],
+                           eval_steps=(0, 2, 3), test_limit=50, **kw)
+
+
+def _untimed(res):
+    """The results without wall-clock times (the only thing two identical runs may differ in)."""
+    return {arch: {k: v for k, v in r.items() if k != "inits"} | {"inits": {
+        name: {k: v for k, v in i.items() if k not in ("seconds", "init_s")} for name, i in r["inits"].items()}}
+        for arch, r in res["image"].items()}
+
+
+def test_seeds_one_is_the_single_order_protocol(ghn):
+    """orders=1 is the run without the option, number for number, and its JSON has no trace of orders."""
+    default, one = _image_run(ghn), _image_run(ghn, orders=1)
+    assert _untimed(one) == _untimed(default) and one["protocol"] == default["protocol"]
+    assert "data_orders" not in one["protocol"]
+    assert all("orders" not in i for i in one["image"]["tiny"]["inits"].values())
+    assert "one data order (seed 0" in quality.to_markdown(one, "tiny", {"device": "cpu"})
+
+
+def test_seeds_three_averages_three_data_orders(ghn):
+    one, three = _image_run(ghn)["image"]["tiny"]["inits"], _image_run(ghn, orders=3)
+    for name, v in three["image"]["tiny"]["inits"].items():
+        o = v["orders"]
+        assert o["seeds"] == [0, 1, 2] and set(o["acc"]) == {2, 3}
+        assert v["acc"][0] == one[name]["acc"][0]  # zero-shot: same init, same BN batches, measured once
+        for step, values in o["acc"].items():
+            assert len(values) == 3 and values[0] == one[name]["acc"][step]  # the first order is --seed's
+            assert v["acc"][step] == pytest.approx(sum(values) / 3)
+            assert o["acc_std"][step] == pytest.approx(torch.tensor(values).std().item())
+        assert len(set(o["loss"][3])) > 1  # the orders really differ
+    assert three["protocol"]["data_orders"] == 3
+    assert "mean of 3 data orders** (seeds 0–2" in quality.to_markdown(three, "tiny", {"device": "cpu"})
+
+
+def test_reuse_only_takes_rows_of_the_same_number_of_orders(ghn):
+    one, three = _image_run(ghn, orders=1), _image_run(ghn, orders=3)
+    for other, n in ((one, 3), (three, 1)):
+        with pytest.raises(ValueError, match="protocol"):
+            _image_run(ghn, orders=n, reuse=[other])
+    three["image"]["tiny"]["inits"]["default"]["acc"][2] = -1.0  # a marker: reused, not re-measured
+    again = _image_run(ghn, orders=3, reuse=[three])["image"]["tiny"]["inits"]["default"]
+    assert again["reused"] and again["acc"][2] == -1.0 and again["orders"]["seeds"] == [0, 1, 2]
+
+
+def test_lm_seeds_average_window_orders():
+    torch.manual_seed(0)
+    text = torch.randint(0, 256, (3000,))
+    train, val = text[:2500], text[2500:]
+
+    def evaluate(**kw):
+        model = quality_lm.TorchTransformerLM(seq_len=16, width=8, heads=2, layers=1, ffn=16)
+        model.load_state_dict(start)
+        return quality_lm.evaluate_lm_arch(model, train, val, 16, (0, 2), batch=4, **kw)
+
+    start = quality_lm.TorchTransformerLM(seq_len=16, width=8, heads=2, layers=1, ffn=16).state_dict()
+    one, two = evaluate(), evaluate(orders=2)
+    assert evaluate(orders=1) == one and "orders" not in one
+    losses = two["orders"]["val_loss"][2]
+    assert two["val_loss"][0] == one["val_loss"][0] and losses[0] == one["val_loss"][2] and losses[0] != losses[1]
+    assert two["val_loss"][2] == pytest.approx(sum(losses) / 2)
