@@ -28,7 +28,7 @@ from .ops import NORM_OPS, OP_ID, SKIP, autograd_op, module_op
 from .parametrized import Parametrized, find_parametrized
 from .trace import trace_model
 
-__all__ = ["Node", "Graph", "build_graph", "canonical_shape", "head_node", "residual_branch_ends", "MAX_HOPS"]
+__all__ = ["Node", "Graph", "build_graph", "canonical_shape", "residual_branch_ends", "MAX_HOPS"]
 
 MAX_HOPS = 8
 _FORMAT_VERSION = 1
@@ -77,23 +77,6 @@ def canonical_shape(role: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     while len(dims) > 1 and dims[0] == 1:
         dims = dims[1:]
     return dims
-
-
-def head_node(graph: Graph) -> int | None:
-    """Index of the classifier / LM head: the linear or conv node with parameters nearest the output, walking edges
-    backwards (node order alone is not enough: cells' projections can be listed after the head)."""
-    parents = graph.parents()
-    frontier, seen = [len(graph.nodes) - 1], {len(graph.nodes) - 1}
-    while frontier:
-        nxt = []
-        for i in frontier:
-            node = graph.nodes[i]
-            if node.op in ("linear", "conv") and node.params:
-                return i
-            nxt += [p for p in parents.get(i, []) if p not in seen]
-            seen.update(nxt)
-        frontier = nxt
-    return None
 
 
 def residual_branch_ends(graph: Graph) -> list[int]:

@@ -360,7 +360,7 @@ def classifier_nodes(graph: Graph) -> list[int]:
 
     Empty when anything else computes the output (a norm or a residual add: hidden states or features, as from
     ``transformers.Wav2Vec2Model`` or a timm model built with ``num_classes=0``): such a model has no classifier,
-    whatever linear layer happens to be nearest its output (:func:`ghn.graph.head_node`).
+    whatever linear layer happens to be nearest its output.
     """
     parents = graph.parents()
     heads: list[int] = []
