@@ -117,13 +117,13 @@ def ghn_dirs(names: list[str]) -> list[Path]:
 
 def split_rows(ghn: GHN, cfg: TrainConfig, task: Task, n: int, eval_data: dict[str, Any],
                step: int | None = None) -> list[dict[str, Any]]:
-    """One row per arch: ``split`` (seen / heldout), ``family``, ``name``, ``params``, ``ghn`` (the metric)."""
+    """One row per arch: ``split`` (seen / heldout), ``family``, ``name``, ``params``, ``value`` (the metric)."""
     step = int(ghn.config.notes.get("steps", 0)) if step is None else step
     rows = []
     for split, specs in (("seen", seen_archs(cfg, task, step, n)), ("heldout", heldout(cfg, task, n))):
         for name, spec in specs.items():
             rows.append({"split": split, "family": spec.family, "name": name, "params": spec.num_params(),
-                         "ghn": round(predicted_score(ghn, spec, task, eval_data), 3)})
+                         "value": round(predicted_score(ghn, spec, task, eval_data), 3)})
     return rows
 
 
@@ -132,7 +132,7 @@ def split_summary(rows: list[dict[str, Any]], label: str, step: int) -> list[dic
     out = []
     for fam in ["all"] + sorted({r["family"] for r in rows}):
         mine = [r for r in rows if fam in ("all", r["family"])]
-        m = {s: statistics.fmean(r["ghn"] for r in mine if r["split"] == s)
+        m = {s: statistics.fmean(r["value"] for r in mine if r["split"] == s)
              if any(r["split"] == s for r in mine) else None for s in ("seen", "heldout")}
         gap = m["seen"] - m["heldout"] if None not in m.values() else None
         out.append({"ghn": label, "step": step, "family": fam, "seen": m["seen"], "heldout": m["heldout"],
@@ -299,9 +299,9 @@ def run_split(args: argparse.Namespace, command: str) -> dict[str, Any]:
         step = int(ghn.config.notes.get("steps", 0))
         mine = split_rows(ghn, cfg, task, args.archs, eval_data, step)
         for r in mine:
-            r.update(ghn=str(d), step=step, value=r.pop("ghn"))
+            r.update(ghn=str(d), step=step)
         rows += mine
-        mine_summary = split_summary([{**r, "ghn": r["value"]} for r in mine], str(d), step)
+        mine_summary = split_summary(mine, str(d), step)
         summary += mine_summary
         logger.info("%s (step %d): %s", d, step, "; ".join(f"{s['family']} seen {s['seen']:.2f} held-out "
                                                             f"{s['heldout']:.2f}" for s in mine_summary))

@@ -16,14 +16,15 @@ from .errors import DomainWarning as DomainWarning, UnverifiedWeightsWarning as 
 # The names below need torch (~1.5 s to import): they are imported on first use (__getattr__), so `import ghn` is
 # cheap and ghn-predict (ghn.cli) takes over Ctrl-C and answers --help before torch loads.
 _LAZY = {"CoverageReport": "binding", "GHNConfig": "config", "model_task": "domain", "Graph": "graph",
-         "build_graph": "graph", "GHN": "hypernet", "CoverageWarning": "hypernet", "register_op": "ops",
+         "build_graph": "build", "GHN": "hypernet", "CoverageWarning": "hypernet", "register_op": "ops",
          "Prediction": "prediction", "init_empty_weights": "prediction"}
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from .binding import CoverageReport as CoverageReport
     from .config import GHNConfig as GHNConfig
     from .domain import model_task as model_task
-    from .graph import Graph as Graph, build_graph as build_graph
+    from .build import build_graph as build_graph
+    from .graph import Graph as Graph
     from .hypernet import GHN as GHN, CoverageWarning as CoverageWarning
     from .ops import register_op as register_op
     from .prediction import Prediction as Prediction, init_empty_weights as init_empty_weights

@@ -21,7 +21,8 @@ import torch.nn as nn
 
 from .config import GHNConfig
 from .errors import DomainWarning, ExampleInputError
-from .graph import Graph, build_graph
+from .build import build_graph
+from .graph import Graph
 from .inputs import ExampleInputs, default_example_inputs
 from .prediction import classifier_nodes
 

@@ -90,8 +90,8 @@ def test_the_checks_catch_broken_predictions(ghn_, monkeypatch):
     assert fuzz.run_case(ghn_, fuzz.make_case(3, seed=7, kinds=("user:mlp",)))["status"] == "bad_shape"
     monkeypatch.undo()
 
-    import ghn.graph
-    monkeypatch.setattr(ghn.graph, "trace_model", lambda *a, **k: (_ for _ in ()).throw(IndexError("boom")))
+    import ghn.build
+    monkeypatch.setattr(ghn.build, "trace_model", lambda *a, **k: (_ for _ in ()).throw(IndexError("boom")))
     assert fuzz.run_case(ghn_, fuzz.make_case(3, seed=7, kinds=("user:mlp",)))["status"] == "untyped"
 
 
