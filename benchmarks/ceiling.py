@@ -104,6 +104,13 @@ CASES: dict[str, Case] = {
                 "model_zoo test_gpt: GPT-2, 2 layers, width 64, vocab 256, tied"),
     "llama": Case("lm", _zoo("test_llama", **_LM, n_layer=2, width=64, n_head=4, n_kv_head=2, head_dim=16,
                              intermediate_size=172), "model_zoo test_llama: 2 layers, width 64, 4/2 heads, vocab 256"),
+    # the same hand-written decoder (fused qkv, LayerNorm, GELU MLP, tied) with learned or rotary positions
+    "nanolm": Case("lm", _zoo("test_nanolm", **_LM, n_layer=2, width=64, n_head=4, hidden=256, mlp="gelu",
+                              norm="layer", pos="learned", bias=True),
+                   "model_zoo test_nanolm: 2 blocks, width 64, fused qkv, learned positions, tied"),
+    "nanolm_rope": Case("lm", _zoo("test_nanolm", **_LM, n_layer=2, width=64, n_head=4, hidden=256, mlp="gelu",
+                                   norm="layer", pos="rope", bias=True),
+                        "model_zoo test_nanolm: 2 blocks, width 64, fused qkv, rotary positions, tied"),
 }
 QUICK = ("linear",)
 
@@ -128,6 +135,17 @@ class _Data:
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
+
+    def context_use(self, model: nn.Module) -> tuple[float, float]:
+        """LMs: validation loss (nats/byte) at the first position of a window (the current byte alone) and at
+        positions 16-63 (long context): a model that ignores its context scores the same at both."""
+        from train.evaluate import lm_windows
+        x, y = lm_windows(self.val, LM_SEQ_LEN, windows=64, seed=0)
+        model.eval()
+        with torch.no_grad():
+            loss = F.cross_entropy(logits_of(model(x)).flatten(0, 1).float(), y.flatten(), reduction="none")
+        per_position = loss.view(y.shape).mean(0)
+        return per_position[0].item(), per_position[16:].mean().item()
 
     def score(self, model: nn.Module) -> float:
         """Test accuracy (%) for images, validation loss (nats/byte) for LMs."""
@@ -184,6 +202,22 @@ def train_ghn(case: Case, data: _Data, steps: int, lr: float, seed: int, ghn_con
 
 
 # ---- effective rank per layer (benchmarks.common.effective_rank) ----------------------------------------------------
+def block_similarity(model: nn.Module) -> float | None:
+    """Mean cosine similarity between the same weight matrix of consecutive repeated blocks (``…layers.0.q.weight``
+    vs ``…layers.1.q.weight``); None without repeated blocks. Trained blocks are near 0; a decoder that cannot tell
+    the blocks apart predicts near 1."""
+    params = dict(model.named_parameters())
+    sims = []
+    for name, p in params.items():
+        m = re.search(r"(?:^|\.)(\d+)\.", name)  # the first block index in the name
+        if p.dim() < 2 or not m:
+            continue
+        nxt = name[:m.start(1)] + str(int(m.group(1)) + 1) + name[m.end(1):]
+        if nxt in params and params[nxt].shape == p.shape:
+            sims.append(F.cosine_similarity(p.detach().flatten(), params[nxt].detach().flatten(), dim=0).item())
+    return sum(sims) / len(sims) if sims else None
+
+
 def rank_rows(models: dict[str, nn.Module]) -> list[dict[str, Any]]:
     """Per weight matrix (≥ 2-D parameters): its width ``min(rows, rest)`` and effective rank per model."""
     first = dict(next(iter(models.values())).named_parameters())
@@ -229,7 +263,19 @@ def run_case(name: str, steps: int, lr: float = 1e-3, batch_size: int = 64, seed
         "time_direct_s": round(t1 - t0, 1), "time_ghn_s": round(t2 - t1, 1),
         "curve_direct": direct_losses[::max(1, steps // 50)], "curve_ghn": ghn_losses[::max(1, steps // 50)],
         "ranks": rank_rows({"default": default, "direct": direct, "ghn": predicted}),
+        **(_lm_diagnostics(data, direct, predicted) if case.task == "lm" else {}),
     }
+
+
+def _lm_diagnostics(data: _Data, direct: nn.Module, predicted: nn.Module) -> dict[str, Any]:
+    """Context use (loss at position 0 / positions 16-63) and block similarity of both runs."""
+    out = {}
+    for label, model in (("direct", direct), ("ghn", predicted)):
+        first, late = data.context_use(model)
+        sim = block_similarity(model)
+        out[f"context_{label}"] = f"{first:.2f} / {late:.2f}"
+        out[f"block_cos_{label}"] = None if sim is None else round(sim, 3)
+    return out
 
 
 # ---- report ----------------------------------------------------------------------------------------------------
@@ -244,6 +290,12 @@ def _markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              f"{meta['env']['git_commit']}, {meta['env']['date']}.", "",
              "Goal: ratio ≥ 0.95 (accuracy, images), ≤ 1.05 (loss, LMs).", "",
              md_table(rows, cols, digits=4), "",
+             *(["LMs, *context*: validation loss at position 0 / at positions 16-63 (a model that ignores its "
+                "context scores the same at both); *block cos*: cosine similarity of the same weight in consecutive "
+                "blocks (1: the blocks are copies).", "",
+                md_table([r for r in rows if r["task"] == "lm"], ["family", "context_direct", "context_ghn",
+                                                                   "block_cos_direct", "block_cos_ghn"]), ""]
+               if any(r["task"] == "lm" for r in rows) else []),
              "## Effective rank per weight (singular values > 1 % of the largest; width = min(c_out, fan_in))", ""]
     for r in rows:
         lines += [f"### {r['family']}", "", md_table(r["ranks"], ["layer", "shape", "width", "default", "direct",

@@ -53,6 +53,23 @@ class GHNConfig:
     # fraction of their fan-in-scaled size (full size gives first losses of 5-14 nats).
     centered_fan_in: bool = False
     output_gain: float = 1.0
+    # whitened_codes: the fixed codes of a width-n hidden space replaced by the nearest ones with a flat spectrum
+    # (raw Fourier codes are ill-conditioned when n ~ basis: a width-64 layer got ~49 of 64 usable directions);
+    # measured on the LM ceiling (ledger E23). Off by default: it changes predictions.
+    whitened_codes: bool = False
+    # depth_code: a fixed sinusoidal code of the node's position in the graph, times this, added to the decoder's
+    # input (0: off). Without it the same tensor of repeated blocks decodes almost alike (cos 0.94-0.999 between
+    # the q_proj of layers 0-2 of a Llama): measured on the LM ceiling (ledger E23). Changes predictions.
+    depth_code: float = 0.0
+    # fused_blocks: a fused q/k/v projection (3x as many rows as columns, feeding attention) decoded as three blocks,
+    # each with its own row factor on the codes of its rows' index within the block: one shared factor tied q, k
+    # and v to one fixed bilinear form and gave v's channels other codes than the output projection's columns
+    # (a GPT-2 meta-trained alone used no context at all: ledger E23). Changes predictions.
+    fused_blocks: bool = False
+    # position_codes: > 0 gives the rows of a position table (an embedding with fewer rows than the token table
+    # beside it: GPT-2's wpe) their own codes, sinusoids of the position plus a learned table of this many rows.
+    # 0: they share the token codes (position i = token i), and a GHN meta-trained on one GPT-2 used no context.
+    position_codes: int = 0
     # Metadata about what the GHN was trained for (written to config.json; used by predict() defaults).
     num_classes: int | None = None  # classifier width seen in training (None: unknown / untrained)
     input_shape: list[int] | None = None  # one input: [C, H, W] for images ([1, 28, 28]: Fashion-MNIST), [T] for LMs
@@ -87,9 +104,13 @@ class GHNConfig:
             raise bad("code_gain", "a finite number > 0")
         if not (_is_number(self.output_gain) and self.output_gain > 0):
             raise bad("output_gain", "a finite number > 0")
+        if not (_is_number(self.depth_code) and self.depth_code >= 0):
+            raise bad("depth_code", "a finite number >= 0")
+        if not (_is_int(self.position_codes) and self.position_codes >= 0):
+            raise bad("position_codes", "a non-negative integer")
         if not (_is_int(self.decoder_version) and 1 <= self.decoder_version <= DECODER_VERSION):
             raise bad("decoder_version", f"an integer from 1 to {DECODER_VERSION}")
-        for name in ("pooled_flatten", "centered_fan_in", "trained"):
+        for name in ("pooled_flatten", "centered_fan_in", "whitened_codes", "fused_blocks", "trained"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "true or false")
         if self.task not in (None, "image", "lm"):

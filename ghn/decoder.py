@@ -100,6 +100,17 @@ def _position_code(pos: torch.Tensor, size: torch.Tensor, d: int) -> torch.Tenso
     return nn.functional.pad(code, (0, d - code.shape[1]))
 
 
+def _depth_code(depth: torch.Tensor, d: int) -> torch.Tensor:
+    """Sinusoids of a node's relative position in forward order (Q,) in [0, 1] → (Q, d), unit RMS, no parameters.
+
+    Frequencies π·2^(k/4), k < d/2: from one half-turn over the whole graph to ~1/200 of it, so neighbouring
+    blocks of a deep model differ as much as the first and the last.
+    """
+    freq = math.pi * 2.0 ** (torch.arange(d // 2, device=depth.device, dtype=torch.float32) / 4)
+    angles = depth[:, None] * freq
+    return nn.functional.pad(torch.cat([angles.sin(), angles.cos()], dim=1), (0, d - 2 * (d // 2)))
+
+
 @dataclass(frozen=True)
 class ParamQuery:
     """One tensor to decode: which node's embedding, the tensor's role and shape, and which axes face the data.
@@ -116,6 +127,8 @@ class ParamQuery:
     reads_input: bool = False
     writes_output: bool = False
     in_spread: int = 1  # columns per output channel of the producing layer (a flattened C x H x W map: H*W)
+    row_blocks: int = 1  # a fused q/k/v projection: its rows are this many stacked blocks (3), else 1
+    positions: bool = False  # an embedding looked up by position (fewer rows than the token table beside it)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -138,9 +151,42 @@ def graph_queries(graph) -> list[ParamQuery]:
     last = len(graph.nodes) - 1
     reads = {dst for src, dst in graph.edges if src == 0}
     writes = {src for src, dst in graph.edges if dst == last}
-    parents = graph.parents()
-    return [ParamQuery(i, info, i in reads, i in writes, _in_spread(graph, parents, i, info))
+    parents, children = graph.parents(), graph.children()
+    # Token and position tables are both looked up by integer ids the trace cannot follow (both read the input):
+    # the token table is the largest such embedding, and one with fewer rows beside it indexes positions.
+    lookups = {i: info.shape[0] for i, info in graph.params if info.role == "embedding" and i in reads}
+    tokens = max(lookups.values(), default=0)
+    return [ParamQuery(i, info, i in reads, i in writes, _in_spread(graph, parents, i, info),
+                       _row_blocks(graph, children, i, info), lookups.get(i, tokens) < tokens)
             for i, info in graph.params]
+
+
+_ATTENTION_OPS = frozenset({"matmul", "attention"})
+
+
+def _row_blocks(graph, children: dict[int, list[int]], node: int, info: ParamInfo, hops: int = 4) -> int:
+    """3 for a fused q/k/v projection — a matrix with 3x as many rows as columns whose output reaches an attention
+    product (``matmul``/``attention``) within ``hops`` parameter-free ops (GPT-2's ``c_attn``, nanoGPT's ``qkv``,
+    ``nn.MultiheadAttention``'s ``in_proj_weight``); else 1. Its rows are then three stacked blocks (q, k, v)."""
+    shape = canonical_shape(info.role, info.shape)
+    if len(shape) != 2 or shape[0] != 3 * shape[1] or info.role not in _FAN_IN_ROLES:
+        return 1
+    if graph.nodes[node].op == "attention":
+        return 3
+    frontier, seen = [node], {node}
+    for _ in range(hops):
+        nxt = []
+        for i in frontier:
+            for j in children.get(i, []):
+                if j in seen:
+                    continue
+                seen.add(j)
+                if graph.nodes[j].op in _ATTENTION_OPS:
+                    return 3
+                if not graph.nodes[j].params:
+                    nxt.append(j)
+        frontier = nxt
+    return 1
 
 
 _SPATIAL_OPS = frozenset({"conv", "dw_conv", "conv_transpose"}) | (NORM_OPS - {"layer_norm", "rms_norm"})
@@ -173,6 +219,31 @@ def _fan_in_scaled(scale: torch.Tensor, cols: int, kernel: int, p: int) -> torch
     return scale / math.sqrt(cols * kernel) * min(1.0, math.sqrt(p / cols))
 
 
+def _sinusoids(n: int, p: int, device: torch.device | str) -> torch.Tensor:
+    """Codes of positions 0..n-1: ``√2·sin/cos(i·ω_k)`` with geometric ``ω_k = 10000^(-2k/p)`` (the Transformer's
+    position encoding), (n, p), entries of mean square 1. Unlike Φ's random frequencies, neighbouring positions get
+    similar codes and a shift by one position is one fixed rotation of the code, so a layer can relate position i to
+    i - 1 linearly: what attention to nearby tokens needs from learned position tables."""
+    i = torch.arange(n, device=device, dtype=torch.float64)[:, None]
+    freq = 10000.0 ** (-torch.arange(p // 2, device=device, dtype=torch.float64) * 2 / p)
+    code = torch.cat([torch.sin(i * freq), torch.cos(i * freq)], dim=1) * math.sqrt(2.0)
+    return nn.functional.pad(code, (0, p - code.shape[1]), value=1.0).float()
+
+
+def _whiten(codes: torch.Tensor) -> torch.Tensor:
+    """The nearest codes with a flat spectrum: ``codes`` (n, p) → ``U·Vᵀ·√max(n, p)`` from its thin SVD ``U·S·Vᵀ``.
+
+    Why: n raw Fourier codes of hidden channels are far from orthogonal when n ≈ p (for p = 64, n = 64 the smallest
+    singular value is ~1e-7 of the largest, and only ~49 of 64 directions carry 10 % of it), so the weights
+    ``Φ_o·M·Φ_cᵀ`` of a width-64 layer live in fewer than 64 effective dimensions and the GHN learns the weak ones
+    slowly. Whitened, a width-n space uses every one of its min(n, p) directions equally; entries keep mean square 1.
+    The codes of channel i then depend on the width n, which is the same in the rows of a layer and the columns of
+    the next, so consecutive layers still agree. Computed in float64 (ill-conditioned inputs), no gradient (fixed).
+    """
+    u, _, vh = torch.linalg.svd(codes.detach().double(), full_matrices=False)
+    return (u @ vh).mul_(math.sqrt(max(codes.shape))).to(codes.dtype)
+
+
 def balance_gradients(params: dict[str, torch.Tensor], eps: float = 1e-12) -> dict[str, torch.Tensor]:
     """Rescale the gradient reaching each predicted tensor to unit RMS per element (returns ``params``).
 
@@ -201,13 +272,19 @@ class LowRankDecoder(nn.Module):
 
     def __init__(self, d: int, hidden: int, p: int, r: int, code_seed: int,
                  data_codes: tuple[int, int, int] = (0, 0, 0), code_gain: float = 1.0, pooled_flatten: bool = False,
-                 centered_fan_in: bool = False, output_gain: float = 1.0):
+                 centered_fan_in: bool = False, output_gain: float = 1.0, whitened_codes: bool = False,
+                 depth_code: float = 0.0, fused_blocks: bool = False, position_codes: int = 0):
         super().__init__()
         self.p, self.r = p, r
         self.pooled_flatten, self.centered_fan_in, self.output_gain = pooled_flatten, centered_fan_in, output_gain
+        self.whitened_codes, self.depth_code, self.fused_blocks = whitened_codes, depth_code, fused_blocks
         self.code = IndexCode(p, code_seed)
         # Learned codes start at zero, so an untrained decoder predicts exactly what fixed codes give.
         sizes = dict(zip(("input", "channel", "output"), data_codes))
+        # position_codes > 0: position tables get their own kind, smooth sinusoids plus a learned table of that size
+        self.position_codes = position_codes
+        if position_codes:
+            sizes["position"] = position_codes
         # Codes are O(1) while Adam moves a parameter by ~lr a step: the gain is the tables' learning-rate
         # multiplier, so that a code moves as fast, relative to its size, as a directly trained weight does.
         self.code_gain = code_gain
@@ -245,7 +322,7 @@ class LowRankDecoder(nn.Module):
             role = ROLE_ID[q.info.role]
             parts = [(_SLOT_VEC, 0, 1)]
             if q.is_matrix:
-                ka, kb = q.kernel
+                ka, kb = self._row_factors(q), q.kernel[1]
                 parts += [(_SLOT_ROW, a, ka) for a in range(ka)] + [(_SLOT_COL, b, kb) for b in range(kb)]
             for slot, k, n in parts:
                 rows.append(q.node)
@@ -261,6 +338,8 @@ class LowRankDecoder(nn.Module):
         # Kernel positions must dominate the trunk's input: with a weak code every kernel row gets nearly the
         # same factor, predicted kernels start as box filters, and spatial structure is learned very slowly.
         z = z + 4.0 * _position_code(torch.tensor(pos, device=dev), torch.tensor(size, device=dev), z.shape[1])
+        if self.depth_code:  # where the node sits in the graph, strongly: repeated blocks must not decode alike
+            z = z + self.depth_code * _depth_code(rows_t.float() / max(h.shape[0] - 1, 1), z.shape[1])
         t = self.trunk(z)  # (Q, hidden)
         # Each head runs once over all rows that ask for it; then rows are split back per tensor.
         vec_all = self.to_vec(t[slots_t == _SLOT_VEC])  # (n_queries, p + 2), in query order
@@ -273,28 +352,50 @@ class LowRankDecoder(nn.Module):
         widest = max(max(q.shape[:2]) if q.shape else 1 for q in queries)
         fixed = self.code(widest)
         codes: dict[str, torch.Tensor] = {}
+        whitened: dict[int, torch.Tensor] = {}  # hidden codes of width n, whitened (whitened_codes), by n
+
+        def sized(kind: str, n: int) -> torch.Tensor:
+            """The first ``n`` codes of ``kind`` (n, p)."""
+            if kind not in codes:
+                codes[kind] = self._codes(kind, fixed)
+            if not (self.whitened_codes and kind == "hidden"):
+                return codes[kind][:n]
+            if n not in whitened:
+                whitened[n] = _whiten(codes[kind][:n])
+            return whitened[n]
+
         iu = iv = 0
         for qi, q in enumerate(queries):
             role_name = q.info.role
             role = ROLE_ID[role_name]
             vec = vec_all[qi]
             rows, cols = self._axis_kinds(q)
-            for kind in (rows, cols):
-                if kind not in codes:
-                    codes[kind] = self._codes(kind, fixed)
             if q.is_matrix:
-                ka, kb = q.kernel
+                ka, kb = self._row_factors(q), q.kernel[1]
                 u, v = u_all[iu:iu + ka], v_all[iv:iv + kb]
                 iu, iv = iu + ka, iv + kb
                 size = gain[role] * self._tensor_scale(vec[-1])
                 if rows == "output" and role_name in _FAN_IN_ROLES:
                     size = size * self.output_gain
-                w = self._matrix(q, u, v, codes[rows], codes[cols], size,
+                w = self._matrix(q, u, v, sized(rows, q.shape[0] // self._blocks(q)),
+                                 sized(cols, q.shape[1] // self._spread(q)), size,
                                  out.get(q.info.name) if out else None,
                                  center=self.centered_fan_in and cols == "hidden" and role_name in _FAN_IN_ROLES)
             else:
-                w = self._vector(q, vec, codes[rows], gain[role], self.offset[role])
+                w = self._vector(q, vec, sized(rows, q.shape[0] if q.shape else 1), gain[role], self.offset[role])
             yield q.info, self._to_param_layout(q, w)
+
+    def _blocks(self, q: ParamQuery) -> int:
+        """Stacked row blocks decoded each with its own row factor (``fused_blocks``: q/k/v of a fused projection)."""
+        return q.row_blocks if self.fused_blocks and q.kernel == (1, 1) else 1
+
+    def _row_factors(self, q: ParamQuery) -> int:
+        """How many row factors ``U`` the query asks for: one per kernel row, or one per fused block."""
+        return q.kernel[0] if q.kernel[0] > 1 else self._blocks(q)
+
+    def _spread(self, q: ParamQuery) -> int:
+        """Columns per input channel: ``q.in_spread`` for a plain linear reading a flattened map (v3), else 1."""
+        return q.in_spread if self.pooled_flatten and q.kernel == (1, 1) and q.info.role == "weight" else 1
 
     @staticmethod
     def _tensor_scale(x: torch.Tensor) -> torch.Tensor:
@@ -303,19 +404,23 @@ class LowRankDecoder(nn.Module):
         return torch.exp(torch.tanh(x))
 
     def _codes(self, kind: str, fixed: torch.Tensor) -> torch.Tensor:
-        """``(n, p)`` codes of ``kind``: ``Φ`` plus the learned table of that kind on its first indices."""
+        """``(n, p)`` codes of ``kind``: ``Φ`` (positions: :func:`_sinusoids`) plus the learned table of that kind
+        on its first indices."""
+        if kind == "position":
+            fixed = _sinusoids(len(fixed), self.p, fixed.device)
         if kind not in self.tables:
             return fixed
         table = self.tables[kind]
         k = min(len(table), len(fixed))
         return torch.cat([fixed[:k] + self.code_gain * table[:k], fixed[k:]])
 
-    @staticmethod
-    def _axis_kinds(q: ParamQuery) -> tuple[str, str]:
+    def _axis_kinds(self, q: ParamQuery) -> tuple[str, str]:
         """Which code kind indexes the rows and the columns of ``q``'s canonical ``(rows, cols, *k)`` shape."""
         rows = cols = "hidden"
         if q.info.role == "embedding":
             rows = "input" if q.reads_input else ("output" if q.writes_output else "hidden")  # token ids
+            if q.positions and self.position_codes:
+                rows = "position"
         elif q.info.role in _FAN_IN_ROLES:
             if q.reads_input:
                 cols = "channel" if len(q.shape) > 2 else "input"  # conv: input channels; linear: features
@@ -340,7 +445,7 @@ class LowRankDecoder(nn.Module):
         shape = q.shape
         (ka, kb), rows, cols = q.kernel, shape[0], shape[1]
         p, r = self.p, self.r
-        spread = q.in_spread if self.pooled_flatten and ka == kb == 1 and q.info.role == "weight" else 1
+        spread = self._spread(q)
         channels = cols // spread
         if center and channels > 1:
             col_codes = col_codes[:channels] - col_codes[:channels].mean(0, keepdim=True)
@@ -355,7 +460,12 @@ class LowRankDecoder(nn.Module):
             scale = _fan_in_scaled(scale, cols, ka * kb, p)
         elif role == "embedding":
             scale = scale / math.sqrt(cols)
-        a = (row_codes[:rows] @ (u * scale).permute(1, 0, 2).reshape(p, ka * r)).view(rows * ka, r)  # (R·ka, r)
+        blocks = self._blocks(q)
+        if blocks > 1:  # block k's rows: the block's own row factor on the codes of their index within the block
+            a = (row_codes[:rows // blocks] @ (u * scale).permute(1, 0, 2).reshape(p, blocks * r))  # (R/k, k·r)
+            a = a.view(rows // blocks, blocks, r).transpose(0, 1).reshape(rows, r)  # (R, r), block-major
+        else:
+            a = (row_codes[:rows] @ (u * scale).permute(1, 0, 2).reshape(p, ka * r)).view(rows * ka, r)  # (R·ka, r)
         b = (v.reshape(kb * r, p) @ col_codes[:cols].t()).view(kb, r, cols).permute(1, 2, 0)  # (r, C, kb)
         if ka == kb == 1:
             b = b.reshape(r, cols)

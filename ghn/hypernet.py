@@ -70,7 +70,8 @@ class GHN(nn.Module, PyTorchModelHubMixin, library_name="ghn", tags=["graph-hype
                                     c.dropout)
         self.decoder = LowRankDecoder(c.hidden_dim, c.decoder_hidden, c.basis, c.rank, c.code_seed,
                                       tuple(c.data_codes), c.code_gain, c.pooled_flatten, c.centered_fan_in,
-                                      c.output_gain)
+                                      c.output_gain, c.whitened_codes, c.depth_code,
+                                      c.fused_blocks, c.position_codes)
         if device is not None:
             self.to(resolve_device(device))
 

@@ -1,8 +1,9 @@
 """model_zoo: seeded, JSON-serialisable architecture specs for meta-training and evaluating a GHN.
 
-Families (one file each): ``cnn`` (DeepNets-style cells), ``vit`` (timm ViT / Eva / RelPos), ``gpt`` and
-``llama`` (transformers decoders), ``nanolm`` (hand-written decoders), ``timm`` (any timm model that runs on the
-input shape), ``mlp``.
+Families: ``cnn`` (DeepNets-style cells), ``vit`` (timm ViT / Eva / RelPos), ``gpt`` and
+``llama`` (transformers decoders), ``nanolm`` (hand-written decoders), ``neox``, ``phi_gemma`` and ``torchlm``
+(``lm_families.py``: GPT-NeoX, Phi / Gemma, ``nn.TransformerEncoder`` LMs), ``timm`` (any timm model that runs on
+the input shape), ``mlp``.
 
 Example:
     >>> from model_zoo import sample_arch, create_arch, list_archs
@@ -15,7 +16,7 @@ from .registry import (create_arch as create_arch, get_family as get_family, lis
                        list_families as list_families, register_arch as register_arch,
                        register_family as register_family, sample_arch as sample_arch)
 from . import cnn as cnn, vit as vit, decoders as decoders, timm_family as timm_family, mlp as mlp  # register
-from . import nanolm as nanolm, realnet as realnet  # register
+from . import nanolm as nanolm, realnet as realnet, lm_families as lm_families  # register
 from .split import heldout_archs as heldout_archs, split_of as split_of
 from .dataset import ArchDataset as ArchDataset, ArchSample as ArchSample, graph_of as graph_of
 

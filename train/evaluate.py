@@ -38,7 +38,7 @@ from .data import stream_seed
 from .datasets import DATASET_TASKS, ImageEvalData, ImageSource, TextSource, open_source, parse_dataset
 from .tasks import logits_of, zoo_constraints
 
-__all__ = ["ImageEvalData", "bn_batches", "accuracy", "zero_shot_accuracy", "lm_loss", "evaluate_archs",
+__all__ = ["ImageEvalData", "bn_batches", "accuracy", "zero_shot_accuracy", "lm_loss", "lm_windows", "evaluate_archs",
            "eval_specs", "summarize", "format_summary", "recorded_data", "check_data", "main"]
 
 logger = logging.getLogger(__name__)
@@ -107,17 +107,23 @@ def zero_shot_accuracy(model: nn.Module, data: ImageEvalData, *, seed: int = 0) 
     return accuracy(model, data.test_x, data.test_y)
 
 
-@torch.no_grad()
-def lm_loss(model: nn.Module, val: torch.Tensor, seq_len: int, windows: int = 64, seed: int = 0) -> float:
-    """Mean next-token cross-entropy (nats) on ``windows`` fixed windows of ``val`` (1-D token ids), eval mode."""
+def lm_windows(val: torch.Tensor, seq_len: int, windows: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed evaluation windows of ``val`` (1-D token ids) for ``seed``: inputs and next tokens, (windows, T)."""
     g = torch.Generator().manual_seed(stream_seed("lm-eval", seed))
     starts = torch.randint(0, len(val) - seq_len - 1, (windows,), generator=g)
     win = val[starts[:, None] + torch.arange(seq_len + 1)]
+    return win[:, :-1], win[:, 1:]
+
+
+@torch.no_grad()
+def lm_loss(model: nn.Module, val: torch.Tensor, seq_len: int, windows: int = 64, seed: int = 0) -> float:
+    """Mean next-token cross-entropy (nats) on ``windows`` fixed windows of ``val`` (1-D token ids), eval mode."""
+    x, y = lm_windows(val, seq_len, windows, seed)
     device = next(model.parameters()).device
     model.eval()
-    out = model(win[:, :-1].to(device))
+    out = model(x.to(device))
     logits = logits_of(out).float().cpu()
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), win[:, 1:].reshape(-1)).item()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).item()
 
 
 def eval_specs(n: int, families: tuple[str, ...], constraints: dict[str, Any], seed: int = 0) -> dict:

@@ -374,7 +374,7 @@ def _load_weights(ghn: GHN, path: str | Path, device: torch.device, fix: str) ->
     saved = GHN.from_pretrained(path, device=device)  # strict; raises CheckpointError
     # metadata and prediction rules, not weight shapes: a v2 predictor warm-starts a v3 run
     ignore = {"trained", "notes", "num_classes", "input_shape", "task", "vocab_size", "input_mean",
-              "input_std", "branch_scale", "pooled_flatten", "centered_fan_in", "output_gain",
+              "input_std", "branch_scale", "pooled_flatten", "centered_fan_in", "output_gain", "whitened_codes", "depth_code", "fused_blocks", "position_codes",
               "decoder_version"}
     mine = {k: v for k, v in ghn.config.to_dict().items() if k not in ignore}
     theirs = {k: v for k, v in saved.config.to_dict().items() if k not in ignore}
