@@ -313,3 +313,24 @@ def test_pool_run_reuses_archs_and_resumes_bit_exact(tmp_path):
     _assert_same(_weights(tmp_path / "resumed" / "ckpt-0000006"), _weights(tmp_path / "full" / "ckpt-0000006"))
     with pytest.raises(ConfigError, match="workers"):
         _tiny(arch_pool=4, workers=1)
+
+
+def test_a_warm_started_stage_card_lists_every_earlier_stage(reference, tmp_path):
+    """A release of a run warm-started from a released predictor carries that predictor's training section (its own
+    stages), read before the release may overwrite it; a run from scratch has no earlier stages."""
+    from train.release import earlier_stages, main as release_main
+
+    out, _, _ = reference
+    assert release_main([str(out), "--to", str(tmp_path / "stage1"), "--command", "python -m train STAGE-ONE"]) == 0
+    assert earlier_stages({}) == []
+    first = earlier_stages({"init_from": str(tmp_path / "stage1")})
+    assert any("STAGE-ONE" in line for line in first) and all(not line.startswith("## ") for line in first)
+    # a second stage released over the first one: the card keeps stage one's lines
+    run2 = tmp_path / "run2"
+    r = _run("--config", TINY, "--out", run2, "--init-from", tmp_path / "stage1", "--steps", 2)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert release_main([str(run2), "--to", str(tmp_path / "stage1")]) == 0
+    card = (tmp_path / "stage1" / "README.md").read_text()
+    assert "### This stage" in card and "### Earlier stages" in card and "STAGE-ONE" in card
+    assert card.index("### This stage") < card.index("### Earlier stages") < card.index("STAGE-ONE")
+    assert earlier_stages({"init_from": str(tmp_path / "nowhere")})[0].startswith("- warm-started from")

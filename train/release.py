@@ -19,14 +19,15 @@ from typing import Any
 
 from ghn import GHN
 from ghn.errors import GHNError
+from ghn.shipped import resolve_predictor
 
-from .checkpoint import CONFIG_YAML, atomic_write_text, load_checkpoint
+from .checkpoint import CONFIG_YAML, atomic_write_text, ghn_location, load_checkpoint
 from .config import load_yaml
 from .datasets import parse_dataset
 from .evaluate import BN_BATCH_SIZE, BN_BATCHES
 from .metrics import METRICS, read_metrics
 
-__all__ = ["release", "model_card", "main"]
+__all__ = ["release", "model_card", "earlier_stages", "main"]
 
 # Public datasets a card can name for the Hub: the name a run records (a spec's kind, or a torchvision dataset's name,
 # lower-cased) -> (how the card writes it, its tag, its Hub dataset id). Other data (an image folder, a text file,
@@ -147,9 +148,28 @@ def _quality_section(report: str, task: str | None) -> list[str]:
             "", f"Re-measure: {how}."]
 
 
+def earlier_stages(train_cfg: dict[str, Any]) -> list[str]:
+    """The training section of the card of the predictor a warm-started run began from (``init_from``): its own
+    stage and every stage before it, so a card lists them all. [] for a run that started from scratch."""
+    source = train_cfg.get("init_from")
+    if not source:
+        return []
+    try:
+        card = (Path(resolve_predictor(ghn_location(source))) / "README.md").read_text()
+    except (GHNError, OSError):
+        return [f"- warm-started from `{source}`, which has no model card to say how it was trained"]
+    lines, inside = [], False
+    for line in card.splitlines():
+        if line.startswith("## "):
+            inside = line.strip() == "## Training"
+        elif inside and line.strip():
+            lines.append(line.replace("### This stage", "### Stage"))
+    return lines
+
+
 def model_card(ghn: GHN, state: dict[str, Any], train_cfg: dict[str, Any], summary: dict[str, Any],
                evaluation: dict[str, Any] | None, name: str, quality: str | None = None,
-               where: str | None = None) -> str:
+               where: str | None = None, earlier: list[str] | None = None) -> str:
     """The README.md of a released predictor (YAML front matter for the Hub, then Markdown).
 
     Every statement comes from the GHN's config (its data, normalisation, classes or vocabulary), the run's state,
@@ -159,11 +179,13 @@ def model_card(ghn: GHN, state: dict[str, Any], train_cfg: dict[str, Any], summa
         evaluation: JSON of ``python -m train.evaluate --out`` (image predictors).
         quality: the Markdown report of ``python -m benchmarks.quality`` (``--task lm`` for LM predictors).
         where: what the card's snippet loads (the release directory or a Hub repo id; default ``name``).
+        earlier: the training section of the predictor this run warm-started from (:func:`earlier_stages`).
     """
     notes = ghn.config.notes
     unit = "images" if ghn.config.task != "lm" else f"windows of {ghn.config.input_shape[0]} tokens"
     lines = _intro(ghn, name, train_cfg.get("ghn_preset", "?"), where or name) + [
-        "", "## Training", "", f"- command: `{state.get('command') or notes.get('command')}`",
+        "", "## Training", "", *(["### This stage", ""] if earlier else []),
+        f"- command: `{state.get('command') or notes.get('command')}`",
         f"- data: {notes.get('data')}", f"- architectures: {notes.get('zoo')}",
         f"- steps: {state['step']} x {notes.get('meta_batch')} archs, {notes.get('batch_size')} {unit} per step",
         f"- code: {state.get('git')}"]
@@ -181,6 +203,9 @@ def model_card(ghn: GHN, state: dict[str, Any], train_cfg: dict[str, Any], summa
             lines += [f"- held-out zero-shot validation loss during training ({train_cfg.get('eval_archs', '?')} "
                       "archs, nats/token), GHN / default init: "
                       + ", ".join(f"step {s}: {g:.3f} / {d:.3f}" for s, g, d in summary["evals"])]
+    if earlier:
+        lines += ["", f"### Earlier stages (from the card of `{train_cfg.get('init_from')}`, which this stage was "
+                      "warm-started from)", "", *earlier]
     if evaluation:
         lines += _zero_shot_section(evaluation, notes.get("dataset"))
     if quality:
@@ -206,6 +231,8 @@ def release(checkpoint: str | Path, to: str | Path, evaluation: dict[str, Any] |
             ``to``, as given).
     """
     ckpt = load_checkpoint(checkpoint)
+    train_cfg = load_yaml(ckpt.path / CONFIG_YAML)
+    earlier = earlier_stages(train_cfg)  # read before writing: the release may replace the predictor it started from
     ghn = GHN.from_pretrained(ckpt.path)
     ghn.config.trained = True
     if branch_scale is not None:
@@ -222,9 +249,8 @@ def release(checkpoint: str | Path, to: str | Path, evaluation: dict[str, Any] |
     (out / "README.md").unlink(missing_ok=True)  # save_pretrained keeps an existing card; ours replaces it
     ghn.save_pretrained(out)
     summary = _training_summary(read_metrics(ckpt.path.parent / METRICS))
-    train_cfg = load_yaml(ckpt.path / CONFIG_YAML)
     atomic_write_text(out / "README.md", model_card(ghn, state, train_cfg, summary, evaluation, out.name, quality,
-                                                    where=repo_id or str(to)))
+                                                    where=repo_id or str(to), earlier=earlier))
     return out
 
 
