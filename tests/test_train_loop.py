@@ -333,4 +333,9 @@ def test_a_warm_started_stage_card_lists_every_earlier_stage(reference, tmp_path
     card = (tmp_path / "stage1" / "README.md").read_text()
     assert "### This stage" in card and "### Earlier stages" in card and "STAGE-ONE" in card
     assert card.index("### This stage") < card.index("### Earlier stages") < card.index("STAGE-ONE")
+    # the same stage released again over itself (say, with a new quality report): still one stage, one earlier stage
+    assert release_main([str(run2), "--to", str(tmp_path / "stage1")]) == 0
+    again = (tmp_path / "stage1" / "README.md").read_text()
+    assert again.count("### This stage") == 1 and again.count("### Earlier stages") == 1
+    assert again.count("STAGE-ONE") == 1
     assert earlier_stages({"init_from": str(tmp_path / "nowhere")})[0].startswith("- warm-started from")

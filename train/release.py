@@ -148,9 +148,11 @@ def _quality_section(report: str, task: str | None) -> list[str]:
             "", f"Re-measure: {how}."]
 
 
-def earlier_stages(train_cfg: dict[str, Any]) -> list[str]:
+def earlier_stages(train_cfg: dict[str, Any], command: str | None = None) -> list[str]:
     """The training section of the card of the predictor a warm-started run began from (``init_from``): its own
-    stage and every stage before it, so a card lists them all. [] for a run that started from scratch."""
+    stage and every stage before it, so a card lists them all. [] for a run that started from scratch. When that
+    card already describes this very stage (its "This stage" ran ``command``: the release is being redone over the
+    predictor it started from), only the stages before it."""
     source = train_cfg.get("init_from")
     if not source:
         return []
@@ -163,8 +165,11 @@ def earlier_stages(train_cfg: dict[str, Any]) -> list[str]:
         if line.startswith("## "):
             inside = line.strip() == "## Training"
         elif inside and line.strip():
-            lines.append(line.replace("### This stage", "### Stage"))
-    return lines
+            lines.append(line)
+    if command and f"- command: `{command}`" in lines and "### This stage" in lines:
+        earlier = [i for i, line in enumerate(lines) if line.startswith("### Earlier stages")]
+        return lines[earlier[0] + 1:] if earlier else []
+    return [line.replace("### This stage", "### Stage") for line in lines]
 
 
 def model_card(ghn: GHN, state: dict[str, Any], train_cfg: dict[str, Any], summary: dict[str, Any],
@@ -232,7 +237,8 @@ def release(checkpoint: str | Path, to: str | Path, evaluation: dict[str, Any] |
     """
     ckpt = load_checkpoint(checkpoint)
     train_cfg = load_yaml(ckpt.path / CONFIG_YAML)
-    earlier = earlier_stages(train_cfg)  # read before writing: the release may replace the predictor it started from
+    # read before writing: the release may replace the predictor it started from
+    earlier = earlier_stages(train_cfg, command or ckpt.state.get("command"))
     ghn = GHN.from_pretrained(ckpt.path)
     ghn.config.trained = True
     if branch_scale is not None:
