@@ -78,7 +78,8 @@ def sample_arch(family: str, seed: int = 0, **constraints: Any) -> ArchSpec:
     """A random arch of ``family``, a pure function of ``(family, seed, constraints)``.
 
     Args:
-        family: one of :func:`list_families` ("cnn", "vit", "gpt", "llama", "timm", "mlp").
+        family: one of :func:`list_families` ("cnn", "vit", "mlp", "realnet", "timm", "gpt", "llama", "nanolm", "neox",
+            "phi_gemma", "torchlm").
         seed: sampling seed (any int).
         **constraints: the family sampler's keywords, e.g. ``max_params``, ``min_params``, ``max_depth``,
             ``input_shape=(1, 28, 28)``, ``num_classes=10`` (image) or ``vocab_size``, ``seq_len`` (lm).
