@@ -162,11 +162,12 @@ def finetune_lm(model: nn.Module, train: torch.Tensor, val: torch.Tensor, seq_le
     return {"val_loss": loss, "curve": curve, "diverged": diverged}
 
 
-def meet_step(ghn: dict, default: dict) -> int | None:
-    """The first step at which the predicted init's validation loss is at or below default init's loss at its last
-    step (``ghn``/``default``: the cells' ``val_loss`` and ``curve`` merged, ``{step: loss}``); None if never."""
-    target = default[max(default)]
-    return next((s for s in sorted(ghn) if ghn[s] <= target), None)
+def meet_step(row: dict) -> int | None:
+    """The first step at which an arch's predicted init reaches default init's validation loss at default's last
+    step (``row``: one arch of :func:`run`'s results; its eval steps and ``curve`` merged); None if never."""
+    ghn, default = row["inits"]["ghn"], row["inits"]["default"]["val_loss"]
+    losses, target = {**ghn.get("curve", {}), **ghn["val_loss"]}, default[max(default)]
+    return next((s for s in sorted(losses) if losses[s] <= target), None)
 
 
 def run(ghn: GHN, device: torch.device, quick: bool = False, archs: list[Arch] | None = None,
@@ -218,8 +219,7 @@ def summarize(res: dict) -> dict:
         loss = [{name: r["inits"][name]["val_loss"] for name in ("ghn", "default")} for r in rows]
         gains = [1 - math.exp(v["ghn"][early] - v["default"][early]) for v in loss]
         late_gap = [v["ghn"][late] - v["default"][late] for v in loss]
-        meets = [meet_step({**r["inits"]["ghn"].get("curve", {}), **r["inits"]["ghn"]["val_loss"]},
-                           r["inits"]["default"]["val_loss"]) for r in rows]
+        meets = [meet_step(r) for r in rows]
         mean = {name: {s: sum(v[name][s] for v in loss) / len(rows) for s in steps} for name in ("ghn", "default")}
         goals = {"zero_shot": mean["ghn"][0] <= ZERO_SHOT_GOAL, "early_gain": all(g >= PPL_GAIN for g in gains)}
         if late > early:
@@ -245,7 +245,7 @@ def to_markdown(res: dict, label: str, env: dict) -> str:
             row[key] = f"{g[st]:.3f} / {d[st]:.3f}"
         row[f"ppl gain @{early}"] = f"{100 * (1 - math.exp(g[early] - d[early])):+.0f} %"
         if s.get("late_step", early) > early:
-            meet = meet_step({**r["inits"]["ghn"].get("curve", {}), **g}, d)
+            meet = meet_step(r)
             row[f"reaches default@{s['late_step']}"] = "never" if meet is None else f"step {meet}"
         rows.append(row)
     parts = [f"# Quality of the LM predictor: predicted vs default init\n\nGHN: {label}. Device: {env['device']}, "
